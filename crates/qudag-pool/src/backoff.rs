@@ -47,6 +47,9 @@ impl BackoffConfig {
     /// The upper bound of the delay after `attempts` earlier consecutive
     /// failures: `min(cap, base * 2^attempts)`, saturating.
     pub fn upper_bound(&self, attempts: u32) -> Duration {
+        if self.base.is_zero() {
+            return Duration::ZERO;
+        }
         1u32.checked_shl(attempts)
             .and_then(|factor| self.base.checked_mul(factor))
             .map_or(self.cap, |d| d.min(self.cap))
