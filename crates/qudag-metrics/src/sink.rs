@@ -1,0 +1,557 @@
+//! The [`MetricsSink`] trait, its bounded label sets, [`NoopSink`] and [`FanOut`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connection states as metrics sees them.
+///
+/// Mirrors `qudag-pool`'s connection state without depending on it. The
+/// state machine is New → Connecting → Connected → Disconnected | Failed;
+/// Disconnected → Connecting; Failed → Connecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnState {
+    /// Created, no dial started yet.
+    New,
+    /// A dial or handshake is in progress.
+    Connecting,
+    /// Authenticated and usable.
+    Connected,
+    /// Closed after having been connected (cleanly or not).
+    Disconnected,
+    /// The last dial or handshake failed; the peer is backing off.
+    Failed,
+}
+
+impl ConnState {
+    /// Every state, in declaration order.
+    pub const ALL: [ConnState; 5] = [
+        ConnState::New,
+        ConnState::Connecting,
+        ConnState::Connected,
+        ConnState::Disconnected,
+        ConnState::Failed,
+    ];
+
+    /// The label value used in exports (`"connected"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConnState::New => "new",
+            ConnState::Connecting => "connecting",
+            ConnState::Connected => "connected",
+            ConnState::Disconnected => "disconnected",
+            ConnState::Failed => "failed",
+        }
+    }
+
+    /// Whether [`Metrics`](crate::Metrics) keeps a gauge of connections in
+    /// this state: only the live states [`Connecting`](Self::Connecting) and
+    /// [`Connected`](Self::Connected) are gauged.
+    ///
+    /// `New` has no "created" event to balance it, and `Disconnected` /
+    /// `Failed` have no "forgotten" event, so gauging them would drift; they
+    /// are counted as transitions instead. With this rule every gauge returns
+    /// to zero once all connections have closed.
+    pub const fn is_gauged(self) -> bool {
+        matches!(self, ConnState::Connecting | ConnState::Connected)
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ConnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error kinds (a bounded label set).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A dial failed (unreachable, refused by the transport, timed out).
+    DialFailed,
+    /// The TLS / QUIC handshake failed.
+    HandshakeFailed,
+    /// The peer authenticated as a different `PeerId` than the one dialed.
+    PeerIdMismatch,
+    /// An inbound peer was refused (allow-list).
+    Refused,
+    /// A configured limit (connections, queue, frame size) was reached.
+    LimitReached,
+    /// A frame or batch from a peer failed to decode.
+    Decode,
+    /// A sealed batch failed authentication.
+    Authentication,
+    /// A batch arrived with an unexpected sequence number.
+    Sequence,
+    /// The transport reported an error on an established connection.
+    Transport,
+    /// A batch was not acknowledged in time.
+    AckTimeout,
+    /// A dial was refused locally because the peer is backing off.
+    Backoff,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::DialFailed,
+        ErrorKind::HandshakeFailed,
+        ErrorKind::PeerIdMismatch,
+        ErrorKind::Refused,
+        ErrorKind::LimitReached,
+        ErrorKind::Decode,
+        ErrorKind::Authentication,
+        ErrorKind::Sequence,
+        ErrorKind::Transport,
+        ErrorKind::AckTimeout,
+        ErrorKind::Backoff,
+        ErrorKind::Other,
+    ];
+
+    /// The label value used in exports (`"dial_failed"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::DialFailed => "dial_failed",
+            ErrorKind::HandshakeFailed => "handshake_failed",
+            ErrorKind::PeerIdMismatch => "peer_id_mismatch",
+            ErrorKind::Refused => "refused",
+            ErrorKind::LimitReached => "limit_reached",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::Sequence => "sequence",
+            ErrorKind::Transport => "transport",
+            ErrorKind::AckTimeout => "ack_timeout",
+            ErrorKind::Backoff => "backoff",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a connection closed (a bounded label set).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseKind {
+    /// Closed by the local application.
+    Local,
+    /// Closed by the peer.
+    Remote,
+    /// Closed by the pool because it outlived the pool timeout.
+    Expired,
+    /// Closed to make room under the connection limit.
+    Evicted,
+    /// Closed as the loser of a simultaneous dial.
+    Duplicate,
+    /// Closed because of an error (see the error counters for the kind).
+    Error,
+    /// Closed because the peer stopped acknowledging.
+    Unresponsive,
+    /// Closed because the manager shut down.
+    Shutdown,
+}
+
+impl CloseKind {
+    /// Every reason, in declaration order.
+    pub const ALL: [CloseKind; 8] = [
+        CloseKind::Local,
+        CloseKind::Remote,
+        CloseKind::Expired,
+        CloseKind::Evicted,
+        CloseKind::Duplicate,
+        CloseKind::Error,
+        CloseKind::Unresponsive,
+        CloseKind::Shutdown,
+    ];
+
+    /// The label value used in exports (`"local"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseKind::Local => "local",
+            CloseKind::Remote => "remote",
+            CloseKind::Expired => "expired",
+            CloseKind::Evicted => "evicted",
+            CloseKind::Duplicate => "duplicate",
+            CloseKind::Error => "error",
+            CloseKind::Unresponsive => "unresponsive",
+            CloseKind::Shutdown => "shutdown",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for CloseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Receives the connection manager's events.
+///
+/// Every method has a no-op default, so a sink implements only what it
+/// wants. The trait is object safe; the manager stores an
+/// `Arc<dyn MetricsSink>`.
+///
+/// # Contract for implementors
+///
+/// Methods are called on the hot path, from many threads at once, often once
+/// per message: they must be cheap and must not block. Use atomics; never
+/// take a lock per event.
+///
+/// # Contract for callers
+///
+/// Each event is reported exactly once. Gauges are reported only through
+/// their delta methods ([`pending_dials`](Self::pending_dials),
+/// [`queued_messages`](Self::queued_messages), [`memory`](Self::memory),
+/// [`state_changed`](Self::state_changed)); the counter events
+/// (`message_queued`, ...) never move a gauge, so a caller reports both.
+///
+/// # Examples
+///
+/// A sink that only counts errors:
+///
+/// ```
+/// use qudag_metrics::{ErrorKind, MetricsSink};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// #[derive(Debug, Default)]
+/// struct ErrorCounter(AtomicU64);
+///
+/// impl MetricsSink for ErrorCounter {
+///     fn error(&self, _kind: ErrorKind) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// let sink = ErrorCounter::default();
+/// sink.message_queued(10); // default: ignored
+/// sink.error(ErrorKind::Decode);
+/// assert_eq!(sink.0.load(Ordering::Relaxed), 1);
+/// ```
+pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
+    /// `send` accepted a message of `bytes` payload bytes into a queue.
+    fn message_queued(&self, bytes: usize) {
+        let _ = bytes;
+    }
+
+    /// A batch of `messages` messages went out; `bytes` is its size on the
+    /// wire (framed and sealed).
+    fn batch_flushed(&self, messages: usize, bytes: usize) {
+        let _ = (messages, bytes);
+    }
+
+    /// The peer acknowledged one message of `bytes` payload bytes; `latency`
+    /// is the time from `send` to the ack. Called once per message.
+    fn message_acked(&self, bytes: usize, latency: Duration) {
+        let _ = (bytes, latency);
+    }
+
+    /// A message of `bytes` payload bytes was handed back to the sender's
+    /// application as undelivered.
+    fn message_undelivered(&self, bytes: usize) {
+        let _ = bytes;
+    }
+
+    /// A batch of `messages` messages arrived; `bytes` is its size on the
+    /// wire.
+    fn batch_received(&self, messages: usize, bytes: usize) {
+        let _ = (messages, bytes);
+    }
+
+    /// One message of `bytes` payload bytes was received and passed on to
+    /// the application.
+    fn message_received(&self, bytes: usize) {
+        let _ = bytes;
+    }
+
+    /// A connection moved from `from` to `to`.
+    ///
+    /// [`Metrics`](crate::Metrics) keeps a gauge for the states where
+    /// [`ConnState::is_gauged`] is true (`from` −1, `to` +1 for those) and
+    /// counts entries into every state.
+    fn state_changed(&self, from: ConnState, to: ConnState) {
+        let _ = (from, to);
+    }
+
+    /// A connection closed for `reason`.
+    fn connection_closed(&self, reason: CloseKind) {
+        let _ = reason;
+    }
+
+    /// An error of `kind` happened.
+    fn error(&self, kind: ErrorKind) {
+        let _ = kind;
+    }
+
+    /// The number of dials in progress changed by `delta`.
+    fn pending_dials(&self, delta: isize) {
+        let _ = delta;
+    }
+
+    /// The number of messages held in queues changed by `delta`.
+    fn queued_messages(&self, delta: isize) {
+        let _ = delta;
+    }
+
+    /// The bytes held by the manager changed by `delta`: `+` when it takes
+    /// bytes, `-` when it lets them go.
+    ///
+    /// Held bytes are the payload bytes of queued, batched, unacknowledged
+    /// and received-but-not-yet-consumed messages plus connection buffer
+    /// capacities.
+    fn memory(&self, delta: isize) {
+        let _ = delta;
+    }
+}
+
+/// A sink that ignores every event.
+///
+/// # Examples
+///
+/// ```
+/// use qudag_metrics::{MetricsSink, NoopSink};
+/// use std::sync::Arc;
+///
+/// let sink: Arc<dyn MetricsSink> = Arc::new(NoopSink);
+/// sink.message_queued(64);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoopSink;
+
+impl MetricsSink for NoopSink {}
+
+/// Forwards every event to several sinks, in order.
+///
+/// # Examples
+///
+/// ```
+/// use qudag_metrics::{FanOut, Metrics, MetricsSink, NoopSink};
+/// use std::sync::Arc;
+/// use std::time::Instant;
+///
+/// let a = Arc::new(Metrics::new());
+/// let b = Arc::new(Metrics::new());
+/// let fan = FanOut::new(vec![a.clone(), b.clone(), Arc::new(NoopSink)]);
+/// fan.message_queued(3);
+/// let now = Instant::now();
+/// assert_eq!(a.snapshot(now).messages_queued, 1);
+/// assert_eq!(b.snapshot(now).payload_bytes_queued, 3);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FanOut {
+    sinks: Vec<Arc<dyn MetricsSink>>,
+}
+
+impl FanOut {
+    /// A sink forwarding to `sinks`, in order.
+    pub fn new(sinks: Vec<Arc<dyn MetricsSink>>) -> Self {
+        Self { sinks }
+    }
+
+    /// Adds `sink` at the end.
+    pub fn push(&mut self, sink: Arc<dyn MetricsSink>) -> &mut Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// The sinks events are forwarded to.
+    pub fn sinks(&self) -> &[Arc<dyn MetricsSink>] {
+        &self.sinks
+    }
+}
+
+macro_rules! forward {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        for sink in &$self.sinks {
+            sink.$method($($arg),*);
+        }
+    };
+}
+
+impl MetricsSink for FanOut {
+    fn message_queued(&self, bytes: usize) {
+        forward!(self, message_queued(bytes));
+    }
+    fn batch_flushed(&self, messages: usize, bytes: usize) {
+        forward!(self, batch_flushed(messages, bytes));
+    }
+    fn message_acked(&self, bytes: usize, latency: Duration) {
+        forward!(self, message_acked(bytes, latency));
+    }
+    fn message_undelivered(&self, bytes: usize) {
+        forward!(self, message_undelivered(bytes));
+    }
+    fn batch_received(&self, messages: usize, bytes: usize) {
+        forward!(self, batch_received(messages, bytes));
+    }
+    fn message_received(&self, bytes: usize) {
+        forward!(self, message_received(bytes));
+    }
+    fn state_changed(&self, from: ConnState, to: ConnState) {
+        forward!(self, state_changed(from, to));
+    }
+    fn connection_closed(&self, reason: CloseKind) {
+        forward!(self, connection_closed(reason));
+    }
+    fn error(&self, kind: ErrorKind) {
+        forward!(self, error(kind));
+    }
+    fn pending_dials(&self, delta: isize) {
+        forward!(self, pending_dials(delta));
+    }
+    fn queued_messages(&self, delta: isize) {
+        forward!(self, queued_messages(delta));
+    }
+    fn memory(&self, delta: isize) {
+        forward!(self, memory(delta));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every event as a string, to check forwarding.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Recorder {
+        fn push(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn events(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl MetricsSink for Recorder {
+        fn message_queued(&self, bytes: usize) {
+            self.push(format!("queued {bytes}"));
+        }
+        fn batch_flushed(&self, messages: usize, bytes: usize) {
+            self.push(format!("flushed {messages} {bytes}"));
+        }
+        fn message_acked(&self, bytes: usize, latency: Duration) {
+            self.push(format!("acked {bytes} {}", latency.as_micros()));
+        }
+        fn message_undelivered(&self, bytes: usize) {
+            self.push(format!("undelivered {bytes}"));
+        }
+        fn batch_received(&self, messages: usize, bytes: usize) {
+            self.push(format!("batch_received {messages} {bytes}"));
+        }
+        fn message_received(&self, bytes: usize) {
+            self.push(format!("received {bytes}"));
+        }
+        fn state_changed(&self, from: ConnState, to: ConnState) {
+            self.push(format!("state {from} {to}"));
+        }
+        fn connection_closed(&self, reason: CloseKind) {
+            self.push(format!("closed {reason}"));
+        }
+        fn error(&self, kind: ErrorKind) {
+            self.push(format!("error {kind}"));
+        }
+        fn pending_dials(&self, delta: isize) {
+            self.push(format!("dials {delta}"));
+        }
+        fn queued_messages(&self, delta: isize) {
+            self.push(format!("queue {delta}"));
+        }
+        fn memory(&self, delta: isize) {
+            self.push(format!("memory {delta}"));
+        }
+    }
+
+    fn feed_all(sink: &dyn MetricsSink) {
+        sink.message_queued(1);
+        sink.batch_flushed(2, 3);
+        sink.message_acked(4, Duration::from_micros(5));
+        sink.message_undelivered(6);
+        sink.batch_received(7, 8);
+        sink.message_received(9);
+        sink.state_changed(ConnState::Connecting, ConnState::Connected);
+        sink.connection_closed(CloseKind::Expired);
+        sink.error(ErrorKind::AckTimeout);
+        sink.pending_dials(-1);
+        sink.queued_messages(2);
+        sink.memory(-3);
+    }
+
+    const EXPECTED: [&str; 12] = [
+        "queued 1",
+        "flushed 2 3",
+        "acked 4 5",
+        "undelivered 6",
+        "batch_received 7 8",
+        "received 9",
+        "state connecting connected",
+        "closed expired",
+        "error ack_timeout",
+        "dials -1",
+        "queue 2",
+        "memory -3",
+    ];
+
+    #[test]
+    fn fan_out_forwards_every_event_to_every_sink_in_order() {
+        let a = Arc::new(Recorder::default());
+        let b = Arc::new(Recorder::default());
+        let mut fan = FanOut::new(vec![a.clone(), Arc::new(NoopSink)]);
+        fan.push(b.clone());
+        assert_eq!(fan.sinks().len(), 3);
+        feed_all(&fan);
+        assert_eq!(a.events(), EXPECTED);
+        assert_eq!(b.events(), EXPECTED);
+    }
+
+    #[test]
+    fn empty_fan_out_and_noop_accept_everything() {
+        feed_all(&FanOut::default());
+        feed_all(&NoopSink);
+    }
+
+    #[test]
+    fn label_sets_are_distinct_and_indexed_in_order() {
+        for (i, s) in ConnState::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i);
+        }
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        for (i, k) in CloseKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        let mut names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        let mut names: Vec<&str> = CloseKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CloseKind::ALL.len());
+        let gauged: Vec<ConnState> = ConnState::ALL
+            .into_iter()
+            .filter(|s| s.is_gauged())
+            .collect();
+        assert_eq!(gauged, [ConnState::Connecting, ConnState::Connected]);
+    }
+}
