@@ -295,6 +295,7 @@ impl Metrics {
         &self.core.latency
     }
 
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.core
     }
