@@ -41,10 +41,18 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Local { code, reason } => {
-                write!(f, "closed locally (code {code}: {})", String::from_utf8_lossy(reason))
+                write!(
+                    f,
+                    "closed locally (code {code}: {})",
+                    String::from_utf8_lossy(reason)
+                )
             }
             CloseReason::Remote { code, reason } => {
-                write!(f, "closed by peer (code {code}: {})", String::from_utf8_lossy(reason))
+                write!(
+                    f,
+                    "closed by peer (code {code}: {})",
+                    String::from_utf8_lossy(reason)
+                )
             }
             CloseReason::Lost(why) => write!(f, "connection lost: {why}"),
             CloseReason::EndpointClosed => f.write_str("local endpoint closed"),
@@ -123,6 +131,14 @@ pub enum TransportError {
         /// The peer of the connection.
         peer: PeerId,
     },
+    /// The peer broke the transport's wire protocol (for example a wrong stream preamble).
+    #[error("peer {peer} broke the transport protocol: {detail}")]
+    Protocol {
+        /// The peer of the connection.
+        peer: PeerId,
+        /// What was wrong.
+        detail: String,
+    },
     /// Keying material could not be exported.
     #[error("keying material export failed for {peer}")]
     Export {
@@ -148,6 +164,7 @@ impl TransportError {
             | TransportError::Refused { peer, .. }
             | TransportError::NotAllowed { peer }
             | TransportError::Closed { peer, .. }
+            | TransportError::Protocol { peer, .. }
             | TransportError::StreamTaken { peer }
             | TransportError::Export { peer } => Some(*peer),
             TransportError::PeerIdMismatch { expected, .. } => Some(*expected),

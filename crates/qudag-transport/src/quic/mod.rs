@@ -1,0 +1,768 @@
+//! [`QuicTransport`]: QUIC over quinn, with mutual TLS 1.3 bound to the peers' identity keys.
+//!
+//! Each endpoint presents a self-signed certificate made from its Ed25519
+//! identity key and requires one from its peer. Custom rustls verifiers check
+//! the TLS 1.3 handshake signature, derive the peer's [`PeerId`] from its key,
+//! and refuse a listener whose `PeerId` is not the one dialed
+//! ([`TransportError::PeerIdMismatch`]) or, with an allow-list, a dialer not on
+//! it ([`TransportError::Refused`] on the dialer; the listener's `accept`
+//! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/1`). Only TLS
+//! 1.3, no session resumption, no 0-RTT: every connection runs a full
+//! handshake, so its exported keys are fresh.
+//!
+//! # Wire protocol
+//!
+//! - **Acceptance.** When the listener's side of the handshake completes (it
+//!   verified the dialer's certificate and allow-list), it opens one
+//!   unidirectional stream, writes the byte [`ACCEPT_BYTE`] (`0x41`) and
+//!   finishes it. The dialer's [`dial`](Transport::dial) returns only after it
+//!   read that byte. (A QUIC client finishes its handshake before the server
+//!   has checked the client's certificate; without this step an allow-list
+//!   refusal would show up as a connection lost after a successful dial.)
+//! - **Batch stream.** The dialer's [`open_stream`](Connection::open_stream)
+//!   opens the connection's one bidirectional stream and writes the byte
+//!   [`STREAM_PREAMBLE`] (`0x51`), which makes the stream visible to the
+//!   listener; the listener's `open_stream` accepts it and checks the byte.
+//!   After that both directions carry the caller's bytes, in order.
+//! - **Limits.** A listener admits one bidirectional stream and no
+//!   unidirectional ones; a dialer admits one unidirectional stream (the
+//!   acceptance) and no bidirectional ones. quinn preallocates state per
+//!   admitted stream, so these stay tiny.
+//! - **Close.** [`Connection::close`] sends a QUIC `CONNECTION_CLOSE` with the
+//!   application code and reason (the codes belong to the caller).
+//!   [`Transport::close`] closes every connection with code 0 and reason
+//!   `endpoint closed`; dropping the last handle of a connection closes it
+//!   with code 0 and reason `dropped`.
+//!
+//! # Handshake limits
+//!
+//! A background task owns the endpoint's accept loop. Each inbound attempt
+//! takes a slot out of [`QuicConfig::max_handshakes`] or is refused at once
+//! (`CONNECTION_REFUSED`, nothing queued); its handshake then runs in its own
+//! task under [`QuicConfig::handshake_timeout`], and the completed connection
+//! waits in a bounded backlog for [`accept`](Transport::accept). A failed or
+//! timed-out inbound handshake is logged (`tracing`, debug) and not returned
+//! from `accept`.
+//!
+//! # Examples
+//!
+//! ```
+//! use qudag_crypto::Identity;
+//! use qudag_transport::{PeerAddr, QuicConfig, QuicTransport, Transport};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (alice_id, bob_id) = (Identity::generate()?, Identity::generate()?);
+//! let loopback = "127.0.0.1:0".parse()?;
+//! let alice = QuicTransport::bind(loopback, &alice_id, QuicConfig::default())?;
+//! let bob = QuicTransport::bind(loopback, &bob_id, QuicConfig::default())?;
+//!
+//! let to_bob = PeerAddr::new(bob_id.peer_id(), bob.local_addr());
+//! let (dialed, accepted) = tokio::join!(alice.dial(&to_bob), bob.accept());
+//! let (dialed, accepted) = (dialed?, accepted?);
+//! assert_eq!(accepted.peer(), alice_id.peer_id());
+//!
+//! let (mut tx, _rx) = dialed.open_stream().await?;
+//! tx.write_all(b"hello").await?;
+//! let (_tx, mut rx) = accepted.open_stream().await?;
+//! let mut buf = [0u8; 5];
+//! rx.read_exact(&mut buf).await?;
+//! assert_eq!(&buf, b"hello");
+//!
+//! let mut key = [0u8; 32];
+//! dialed.export_keying_material(&mut key, b"qudag example", b"")?;
+//! alice.close();
+//! bob.close();
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use qudag_crypto::{Identity, PeerId};
+use quinn::{ConnectionError, TransportErrorCode, VarInt};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use config::{QuicConfig, QuicConfigError};
+
+use crate::{
+    CloseReason, Connection, PeerAddr, RecvStream, SendStream, Side, Transport, TransportError,
+};
+use tls::{AllowList, DialVerifier, ListenVerifier, LocalCert, MismatchSlot};
+
+/// The ALPN protocol id: the protocol name and its version.
+pub const ALPN: &[u8] = b"qudag/1";
+/// The byte the listener sends on its acceptance stream.
+pub const ACCEPT_BYTE: u8 = 0x41;
+/// The byte the dialer writes first on the batch stream.
+pub const STREAM_PREAMBLE: u8 = 0x51;
+/// The server name a dialer puts in its TLS ClientHello. Never checked; the identity is the key.
+const SERVER_NAME: &str = "qudag";
+/// TLS alert `access_denied` (RFC 8446 §6.2), sent by a listener whose allow-list refuses the dialer.
+const ALERT_ACCESS_DENIED: u8 = 49;
+
+/// A QUIC endpoint that dials and accepts authenticated connections.
+///
+/// See the [module docs](self) for the protocol and the limits.
+/// Dropping it closes it, as [`Transport::close`] does.
+pub struct QuicTransport {
+    endpoint: quinn::Endpoint,
+    local: Arc<LocalCert>,
+    local_addr: SocketAddr,
+    config: QuicConfig,
+    client_transport: Arc<quinn::TransportConfig>,
+    allow: AllowList,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConnection>>,
+    shared: Arc<EndpointShared>,
+    accept_task: JoinHandle<()>,
+}
+
+/// State an endpoint shares with its connections.
+#[derive(Debug)]
+struct EndpointShared {
+    closed: AtomicBool,
+    closed_tx: watch::Sender<bool>,
+}
+
+impl fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("peer", &self.local.peer)
+            .field("addr", &self.local_addr)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_config(
+    config: &QuicConfig,
+    side: Side,
+) -> Result<quinn::TransportConfig, TransportError> {
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| TransportError::Setup("idle timeout out of range".into()))?;
+    let (bidi, uni) = match side {
+        Side::Listener => (1u32, 0u32),
+        Side::Dialer => (0, 1),
+    };
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(uni))
+        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
+        .receive_window(VarInt::from_u32(config.receive_window))
+        .send_window(config.send_window)
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(config.keep_alive))
+        .datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+fn setup<E: fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TransportError {
+    move |e| TransportError::Setup(format!("{what}: {e}"))
+}
+
+impl QuicTransport {
+    /// Binds a UDP socket at `addr` and starts accepting connections as `identity`.
+    ///
+    /// Binding port 0 picks a free port; [`local_addr`](Transport::local_addr)
+    /// tells which. Must be called inside a tokio runtime (it spawns the
+    /// accept task); fails with [`TransportError::Setup`] otherwise, or if
+    /// `config` is invalid ([`QuicConfig::validate`]).
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &Identity,
+        config: QuicConfig,
+    ) -> Result<Self, TransportError> {
+        let local = LocalCert::new(identity.pkcs8_der()).map_err(TransportError::Setup)?;
+        if !local.peer.ct_eq(&identity.peer_id()) {
+            return Err(TransportError::Setup(
+                "identity key and peer id disagree".into(),
+            ));
+        }
+        Self::bind_cert(addr, local, config)
+    }
+
+    /// Like [`bind`](QuicTransport::bind), from an Ed25519 PKCS#8 v1/v2
+    /// document; the [`PeerId`] is derived from its public key.
+    pub fn bind_pkcs8(
+        addr: SocketAddr,
+        pkcs8_der: &[u8],
+        config: QuicConfig,
+    ) -> Result<Self, TransportError> {
+        Self::bind_cert(
+            addr,
+            LocalCert::new(pkcs8_der).map_err(TransportError::Setup)?,
+            config,
+        )
+    }
+
+    fn bind_cert(
+        addr: SocketAddr,
+        local: LocalCert,
+        config: QuicConfig,
+    ) -> Result<Self, TransportError> {
+        config.validate().map_err(setup("invalid configuration"))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(setup("no tokio runtime"))?;
+        let provider = tls::provider();
+        let allow: AllowList = Arc::new(RwLock::new(
+            config.allow_list.clone().map(|l| l.into_iter().collect()),
+        ));
+
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(setup("tls"))?
+            .with_client_cert_verifier(ListenVerifier::new(allow.clone(), &provider))
+            .with_single_cert(local.chain.clone(), local.key())
+            .map_err(setup("tls certificate"))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.send_tls13_tickets = 0;
+        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        tls.max_early_data_size = 0;
+        let quic_tls =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(setup("quic tls"))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        server
+            .transport_config(Arc::new(transport_config(&config, Side::Listener)?))
+            .max_incoming(config.max_handshakes.saturating_add(16));
+
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
+        };
+        let local_addr = endpoint.local_addr()?;
+        let shared = Arc::new(EndpointShared {
+            closed: AtomicBool::new(false),
+            closed_tx: watch::channel(false).0,
+        });
+        let (tx, rx) = mpsc::channel(config.accept_backlog);
+        let accept_task = runtime.spawn(accept_loop(
+            endpoint.clone(),
+            Arc::new(Semaphore::new(config.max_handshakes)),
+            tx,
+            config.handshake_timeout,
+            shared.clone(),
+        ));
+        Ok(Self {
+            endpoint,
+            local: Arc::new(local),
+            local_addr,
+            client_transport: Arc::new(transport_config(&config, Side::Dialer)?),
+            config,
+            allow,
+            incoming: tokio::sync::Mutex::new(rx),
+            shared,
+            accept_task,
+        })
+    }
+
+    /// Replaces the allow-list (`None` admits every peer). Applies to
+    /// handshakes that have not yet verified the dialer's certificate.
+    pub fn set_allow_list(&self, peers: Option<impl IntoIterator<Item = PeerId>>) {
+        *self.allow.write() = peers.map(|p| p.into_iter().collect());
+    }
+
+    /// The configuration this endpoint was bound with.
+    pub fn config(&self) -> &QuicConfig {
+        &self.config
+    }
+
+    fn check_closed(&self) -> Result<(), TransportError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(TransportError::EndpointClosed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn client_config(
+        &self,
+        expected: PeerId,
+    ) -> Result<(quinn::ClientConfig, MismatchSlot), TransportError> {
+        let provider = tls::provider();
+        let (verifier, actual) = DialVerifier::new(expected, &provider);
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(setup("tls"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.local.chain.clone(), self.local.key())
+            .map_err(setup("tls certificate"))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.resumption = rustls::client::Resumption::disabled();
+        tls.enable_sni = false;
+        tls.enable_early_data = false;
+        let quic_tls =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(setup("quic tls"))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+        client.transport_config(self.client_transport.clone());
+        Ok((client, actual))
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        Transport::close(self);
+        self.accept_task.abort();
+    }
+}
+
+/// Maps a failed dial to the error the caller sees.
+fn dial_error(
+    to: &PeerAddr,
+    actual: &Mutex<Option<PeerId>>,
+    shared: &EndpointShared,
+    e: ConnectionError,
+) -> TransportError {
+    if let Some(actual) = *actual.lock() {
+        return TransportError::PeerIdMismatch {
+            expected: to.peer,
+            actual,
+        };
+    }
+    let handshake = |detail: String| TransportError::Handshake {
+        peer: Some(to.peer),
+        addr: to.addr,
+        detail,
+    };
+    match e {
+        ConnectionError::ConnectionClosed(c)
+            if c.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            TransportError::Refused {
+                peer: to.peer,
+                detail: "the peer refused the connection (handshake limit or shutting down)".into(),
+            }
+        }
+        ConnectionError::ConnectionClosed(c)
+            if c.error_code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
+        {
+            TransportError::Refused {
+                peer: to.peer,
+                detail: "the peer's allow-list does not admit this identity".into(),
+            }
+        }
+        ConnectionError::ApplicationClosed(c) => TransportError::Refused {
+            peer: to.peer,
+            detail: format!("closed during the handshake: {c}"),
+        },
+        ConnectionError::TimedOut => TransportError::Unreachable {
+            peer: to.peer,
+            addr: to.addr,
+            detail: "no answer (idle timeout)".into(),
+        },
+        ConnectionError::Reset => TransportError::Unreachable {
+            peer: to.peer,
+            addr: to.addr,
+            detail: "reset by the peer".into(),
+        },
+        ConnectionError::LocallyClosed if shared.closed.load(Ordering::Acquire) => {
+            TransportError::EndpointClosed
+        }
+        other => handshake(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Transport for QuicTransport {
+    fn local_peer(&self) -> PeerId {
+        self.local.peer
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    async fn dial(&self, to: &PeerAddr) -> Result<Arc<dyn Connection>, TransportError> {
+        self.check_closed()?;
+        let (client, actual) = self.client_config(to.peer)?;
+        let mut connecting = self
+            .endpoint
+            .connect_with(client, to.addr, SERVER_NAME)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => TransportError::EndpointClosed,
+                quinn::ConnectError::InvalidRemoteAddress(_) => TransportError::Unreachable {
+                    peer: to.peer,
+                    addr: to.addr,
+                    detail: e.to_string(),
+                },
+                other => TransportError::Setup(format!("dial: {other}")),
+            })?;
+        let fail = |e| dial_error(to, &actual, &self.shared, e);
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+
+        // 1. Any answer at all (the listener's ServerHello and extensions).
+        match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+            Err(_) => {
+                return Err(TransportError::Unreachable {
+                    peer: to.peer,
+                    addr: to.addr,
+                    detail: "no answer within the handshake timeout".into(),
+                })
+            }
+            Ok(Err(e)) => return Err(fail(e)),
+            Ok(Ok(_)) => {}
+        }
+        // 2. Our side of the TLS handshake (the listener proved `to.peer`).
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Err(_) => {
+                return Err(TransportError::HandshakeTimeout {
+                    peer: Some(to.peer),
+                    addr: to.addr,
+                })
+            }
+            Ok(Err(e)) => return Err(fail(e)),
+            Ok(Ok(conn)) => conn,
+        };
+        // 3. The listener's acceptance (it checked our certificate and its allow-list).
+        match tokio::time::timeout_at(deadline, read_acceptance(&conn)).await {
+            Err(_) => {
+                conn.close(VarInt::from_u32(0), b"handshake timeout");
+                Err(TransportError::HandshakeTimeout {
+                    peer: Some(to.peer),
+                    addr: to.addr,
+                })
+            }
+            Ok(Err(Acceptance::Lost(e))) => Err(fail(e)),
+            Ok(Err(Acceptance::Bad(detail))) => {
+                conn.close(VarInt::from_u32(0), b"bad acceptance");
+                Err(TransportError::Handshake {
+                    peer: Some(to.peer),
+                    addr: to.addr,
+                    detail,
+                })
+            }
+            Ok(Ok(())) => Ok(Arc::new(QuicConnection::new(
+                conn,
+                to.peer,
+                Side::Dialer,
+                self.shared.clone(),
+            ))),
+        }
+    }
+
+    async fn accept(&self) -> Result<Arc<dyn Connection>, TransportError> {
+        let mut closed = self.shared.closed_tx.subscribe();
+        self.check_closed()?;
+        let mut rx = tokio::select! {
+            rx = self.incoming.lock() => rx,
+            _ = closed.wait_for(|c| *c) => return Err(TransportError::EndpointClosed),
+        };
+        loop {
+            self.check_closed()?;
+            tokio::select! {
+                conn = rx.recv() => match conn {
+                    Some(c) if c.conn.close_reason().is_none() => return Ok(Arc::new(c)),
+                    Some(_) => continue, // the dialer left before we accepted
+                    None => return Err(TransportError::EndpointClosed),
+                },
+                _ = closed.wait_for(|c| *c) => return Err(TransportError::EndpointClosed),
+            }
+        }
+    }
+
+    fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.endpoint.close(VarInt::from_u32(0), b"endpoint closed");
+        self.shared.closed_tx.send_replace(true);
+    }
+}
+
+enum Acceptance {
+    Lost(ConnectionError),
+    Bad(String),
+}
+
+async fn read_acceptance(conn: &quinn::Connection) -> Result<(), Acceptance> {
+    let mut stream = conn.accept_uni().await.map_err(Acceptance::Lost)?;
+    let mut byte = [0u8; 1];
+    match stream.read_exact(&mut byte).await {
+        Ok(()) if byte[0] == ACCEPT_BYTE => Ok(()),
+        Ok(()) => Err(Acceptance::Bad(format!(
+            "unexpected acceptance byte {:#04x}",
+            byte[0]
+        ))),
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+            Err(Acceptance::Lost(e))
+        }
+        Err(e) => Err(Acceptance::Bad(format!("acceptance stream: {e}"))),
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<QuicConnection>,
+    timeout: Duration,
+    shared: Arc<EndpointShared>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(inbound(incoming, slot, tx.clone(), timeout, shared.clone()));
+            }
+            Err(_) => {
+                tracing::debug!(remote = %incoming.remote_address(), "handshake limit reached; refusing");
+                incoming.refuse();
+            }
+        }
+    }
+}
+
+/// Runs one inbound handshake under the timeout, then hands the connection to `accept`.
+async fn inbound(
+    incoming: quinn::Incoming,
+    slot: OwnedSemaphorePermit,
+    tx: mpsc::Sender<QuicConnection>,
+    timeout: Duration,
+    shared: Arc<EndpointShared>,
+) {
+    let remote = incoming.remote_address();
+    let handshake = async {
+        let conn = incoming.accept()?.await?;
+        let peer = remote_peer(&conn).ok_or_else(|| {
+            conn.close(VarInt::from_u32(0), b"no peer identity");
+            ConnectionError::LocallyClosed
+        })?;
+        let mut accept = conn.open_uni().await?;
+        let sent = async {
+            accept.write_all(&[ACCEPT_BYTE]).await?;
+            accept.finish()?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        if sent.await.is_err() {
+            return Err(conn
+                .close_reason()
+                .unwrap_or(ConnectionError::LocallyClosed));
+        }
+        Ok::<_, ConnectionError>((conn, peer))
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok((conn, peer))) => {
+            let conn = QuicConnection::new(conn, peer, Side::Listener, shared);
+            // Waits while the backlog is full, holding the handshake slot.
+            let _ = tx.send(conn).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "inbound handshake failed"),
+        Err(_) => tracing::debug!(%remote, "inbound handshake timed out"),
+    }
+    drop(slot);
+}
+
+/// The PeerId the remote proved during the handshake.
+fn remote_peer(conn: &quinn::Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    match certs.as_slice() {
+        [cert] => tls::peer_id_of(cert).ok(),
+        _ => None,
+    }
+}
+
+/// One authenticated QUIC connection. Returned by [`QuicTransport`] as `Arc<dyn Connection>`.
+///
+/// Dropping it closes the connection (code 0, reason `dropped`), even if its
+/// streams are still held.
+pub struct QuicConnection {
+    conn: quinn::Connection,
+    peer: PeerId,
+    side: Side,
+    stream_taken: AtomicBool,
+    local_close: Mutex<Option<(u32, Bytes)>>,
+    endpoint: Arc<EndpointShared>,
+}
+
+impl fmt::Debug for QuicConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicConnection")
+            .field("peer", &self.peer)
+            .field("remote", &self.conn.remote_address())
+            .field("side", &self.side)
+            .field("open", &self.conn.close_reason().is_none())
+            .finish()
+    }
+}
+
+impl QuicConnection {
+    fn new(
+        conn: quinn::Connection,
+        peer: PeerId,
+        side: Side,
+        endpoint: Arc<EndpointShared>,
+    ) -> Self {
+        Self {
+            conn,
+            peer,
+            side,
+            stream_taken: AtomicBool::new(false),
+            local_close: Mutex::new(None),
+            endpoint,
+        }
+    }
+
+    fn reason(&self, e: &ConnectionError) -> CloseReason {
+        match e {
+            ConnectionError::ApplicationClosed(c) => match u32::try_from(c.error_code.into_inner())
+            {
+                Ok(code) => CloseReason::Remote {
+                    code,
+                    reason: c.reason.clone(),
+                },
+                Err(_) => CloseReason::Lost(format!(
+                    "peer closed with out-of-range code {}",
+                    c.error_code
+                )),
+            },
+            ConnectionError::LocallyClosed => match &*self.local_close.lock() {
+                Some((code, reason)) => CloseReason::Local {
+                    code: *code,
+                    reason: reason.clone(),
+                },
+                None if self.endpoint.closed.load(Ordering::Acquire) => CloseReason::EndpointClosed,
+                None => CloseReason::Lost("closed locally".into()),
+            },
+            ConnectionError::TimedOut => CloseReason::Lost("idle timeout".into()),
+            ConnectionError::Reset => CloseReason::Lost("reset by peer".into()),
+            other => CloseReason::Lost(other.to_string()),
+        }
+    }
+
+    fn closed_error(&self, e: &ConnectionError) -> TransportError {
+        TransportError::Closed {
+            peer: self.peer,
+            reason: self.close_reason().unwrap_or_else(|| self.reason(e)),
+        }
+    }
+
+    fn protocol_error(&self, detail: String) -> TransportError {
+        TransportError::Protocol {
+            peer: self.peer,
+            detail,
+        }
+    }
+}
+
+impl Drop for QuicConnection {
+    fn drop(&mut self) {
+        self.conn.close(VarInt::from_u32(0), b"dropped");
+    }
+}
+
+#[async_trait]
+impl Connection for QuicConnection {
+    fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    fn side(&self) -> Side {
+        self.side
+    }
+
+    async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
+        if let Some(reason) = self.close_reason() {
+            return Err(TransportError::Closed {
+                peer: self.peer,
+                reason,
+            });
+        }
+        if self.stream_taken.swap(true, Ordering::AcqRel) {
+            return Err(TransportError::StreamTaken { peer: self.peer });
+        }
+        match self.side {
+            Side::Dialer => {
+                let (mut send, recv) = self
+                    .conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| self.closed_error(&e))?;
+                send.write_all(&[STREAM_PREAMBLE])
+                    .await
+                    .map_err(|e| match e {
+                        quinn::WriteError::ConnectionLost(e) => self.closed_error(&e),
+                        other => self.protocol_error(format!("batch stream: {other}")),
+                    })?;
+                Ok((Box::new(send), Box::new(recv)))
+            }
+            Side::Listener => {
+                let (send, mut recv) = self
+                    .conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| self.closed_error(&e))?;
+                let mut byte = [0u8; 1];
+                match recv.read_exact(&mut byte).await {
+                    Ok(()) if byte[0] == STREAM_PREAMBLE => Ok((Box::new(send), Box::new(recv))),
+                    Ok(()) => {
+                        Err(self.protocol_error(format!("bad stream preamble {:#04x}", byte[0])))
+                    }
+                    Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+                        Err(self.closed_error(&e))
+                    }
+                    Err(e) => Err(self.protocol_error(format!("batch stream: {e}"))),
+                }
+            }
+        }
+    }
+
+    fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), TransportError> {
+        self.conn
+            .export_keying_material(out, label, context)
+            .map_err(|_| TransportError::Export { peer: self.peer })
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.conn.rtt())
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        {
+            let mut local = self.local_close.lock();
+            if local.is_some()
+                || self.conn.close_reason().is_some()
+                || self.endpoint.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            *local = Some((code, Bytes::copy_from_slice(reason)));
+        }
+        self.conn.close(VarInt::from_u32(code), reason);
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.conn.close_reason().map(|e| self.reason(&e))
+    }
+
+    async fn closed(&self) -> CloseReason {
+        let e = self.conn.closed().await;
+        self.reason(&e)
+    }
+}
