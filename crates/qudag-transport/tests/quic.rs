@@ -1,0 +1,362 @@
+//! QuicTransport over loopback (127.0.0.1 only).
+#![cfg(feature = "quic")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qudag_crypto::Identity;
+use qudag_transport::{
+    CloseReason, Connection, PeerAddr, PeerId, QuicConfig, QuicTransport, Side, Transport,
+    TransportError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+/// Failure guard only: every test awaits events, this just bounds a hang.
+const GUARD: Duration = Duration::from_secs(20);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("valid address")
+}
+
+struct Node {
+    id: Identity,
+    t: QuicTransport,
+}
+
+impl Node {
+    fn new(config: QuicConfig) -> Self {
+        let id = Identity::generate().expect("identity");
+        let t = QuicTransport::bind(loopback(), &id, config).expect("bind");
+        Node { id, t }
+    }
+
+    fn addr(&self) -> PeerAddr {
+        PeerAddr::new(self.id.peer_id(), self.t.local_addr())
+    }
+}
+
+async fn connect(a: &Node, b: &Node) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
+    let to = b.addr();
+    let (d, l) = timeout(GUARD, async { tokio::join!(a.t.dial(&to), b.t.accept()) })
+        .await
+        .expect("guard");
+    (d.expect("dial"), l.expect("accept"))
+}
+
+#[tokio::test]
+async fn connect_and_exchange_both_ways() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    assert_eq!(a.t.local_addr().ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(a.t.local_addr().port(), 0);
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!(d.peer(), b.id.peer_id());
+    assert_eq!(l.peer(), a.id.peer_id());
+    assert_eq!((d.side(), l.side()), (Side::Dialer, Side::Listener));
+    assert_eq!(d.remote_addr(), b.t.local_addr());
+    assert!(d.rtt().is_some());
+    assert!(d.is_alive() && l.is_alive());
+
+    let (mut dtx, mut drx) = d.open_stream().await.expect("dialer stream");
+    dtx.write_all(b"ping").await.expect("write");
+    let (mut ltx, mut lrx) = timeout(GUARD, l.open_stream())
+        .await
+        .expect("guard")
+        .expect("listener stream");
+    let mut buf = [0u8; 4];
+    lrx.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"ping");
+    ltx.write_all(b"pong").await.expect("write");
+    drx.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"pong");
+
+    // The stream is opened once per side.
+    assert!(
+        matches!(d.open_stream().await, Err(TransportError::StreamTaken { peer }) if peer == b.id.peer_id())
+    );
+    assert!(
+        matches!(l.open_stream().await, Err(TransportError::StreamTaken { peer }) if peer == a.id.peer_id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_keeps_integrity() {
+    const LEN: usize = 4 << 20;
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, l) = connect(&a, &b).await;
+    let data: Vec<u8> = (0..LEN)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+        .collect();
+    let expected = data.clone();
+    let (mut tx, _rx) = d.open_stream().await.expect("stream");
+    let writer = tokio::spawn(async move {
+        tx.write_all(&data).await.expect("write");
+        tx.shutdown().await.expect("finish");
+        tx
+    });
+    let (_ltx, mut rx) = l.open_stream().await.expect("stream");
+    let mut got = Vec::with_capacity(LEN);
+    timeout(GUARD, rx.read_to_end(&mut got))
+        .await
+        .expect("guard")
+        .expect("read");
+    assert_eq!(got.len(), LEN);
+    assert!(got == expected, "payload corrupted");
+    let _tx = writer.await.expect("writer");
+}
+
+#[tokio::test]
+async fn wrong_expected_peer_id_is_a_mismatch() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let someone_else = Identity::generate().expect("identity").peer_id();
+    let to = PeerAddr::new(someone_else, b.t.local_addr());
+    let err = timeout(GUARD, a.t.dial(&to))
+        .await
+        .expect("guard")
+        .expect_err("must not connect");
+    match err {
+        TransportError::PeerIdMismatch { expected, actual } => {
+            assert_eq!(expected, someone_else);
+            assert_eq!(actual, b.id.peer_id());
+        }
+        other => panic!("expected PeerIdMismatch, got {other:?}"),
+    }
+    // The right id at the same address still works.
+    let (d, _l) = connect(&a, &b).await;
+    assert_eq!(d.peer(), b.id.peer_id());
+}
+
+#[tokio::test]
+async fn inbound_peer_off_the_allow_list_is_refused() {
+    let friend = Node::new(QuicConfig::default());
+    let stranger = Node::new(QuicConfig::default());
+    let mut config = QuicConfig::default();
+    config.allow_list(Some(vec![friend.id.peer_id()]));
+    let host = Node::new(config);
+
+    let err = timeout(GUARD, stranger.t.dial(&host.addr()))
+        .await
+        .expect("guard")
+        .expect_err("stranger refused");
+    assert!(
+        matches!(&err, TransportError::Refused { peer, detail } if *peer == host.id.peer_id() && detail.contains("allow-list")),
+        "{err:?}"
+    );
+
+    // The friend gets in, and is the first (only) connection accept returns.
+    let (d, l) = connect(&friend, &host).await;
+    assert_eq!(l.peer(), friend.id.peer_id());
+    assert!(d.is_alive());
+
+    // The allow-list can change at run time.
+    host.t.set_allow_list(None::<Vec<PeerId>>);
+    let (_d, l) = connect(&stranger, &host).await;
+    assert_eq!(l.peer(), stranger.id.peer_id());
+}
+
+#[tokio::test]
+async fn peer_closing_mid_stream_yields_closed_on_the_other_side() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, l) = connect(&a, &b).await;
+    let (mut dtx, _drx) = d.open_stream().await.expect("stream");
+    dtx.write_all(b"first").await.expect("write");
+    let (_ltx, mut lrx) = l.open_stream().await.expect("stream");
+    let mut buf = [0u8; 5];
+    lrx.read_exact(&mut buf).await.expect("read");
+
+    d.close(7, b"going away");
+    let mut more = [0u8; 1];
+    let read = timeout(GUARD, lrx.read(&mut more)).await.expect("guard");
+    assert!(
+        read.is_err(),
+        "read after the peer closed must fail: {read:?}"
+    );
+    let remote = CloseReason::Remote {
+        code: 7,
+        reason: "going away".into(),
+    };
+    assert_eq!(l.close_reason(), Some(remote.clone()));
+    assert_eq!(timeout(GUARD, l.closed()).await.expect("guard"), remote);
+    assert!(!l.is_alive());
+    assert_eq!(
+        d.close_reason(),
+        Some(CloseReason::Local {
+            code: 7,
+            reason: "going away".into()
+        })
+    );
+    // Writes on the closed side fail too, and open_stream reports the reason.
+    assert!(dtx.write_all(b"late").await.is_err());
+    assert!(matches!(
+        l.open_stream().await,
+        Err(TransportError::Closed { reason, .. }) if reason == remote
+    ));
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, l) = connect(&a, &b).await;
+    drop(d);
+    assert_eq!(
+        timeout(GUARD, l.closed()).await.expect("guard"),
+        CloseReason::Remote {
+            code: 0,
+            reason: "dropped".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn exported_keys_agree_and_differ_per_connection() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d1, l1) = connect(&a, &b).await;
+    let (d2, l2) = connect(&a, &b).await;
+    let export = |c: &Arc<dyn Connection>, label: &[u8]| {
+        let mut k = [0u8; 32];
+        c.export_keying_material(&mut k, label, b"ctx")
+            .expect("export");
+        k
+    };
+    let label = b"qudag test d2l";
+    assert_eq!(export(&d1, label), export(&l1, label));
+    assert_eq!(export(&d2, label), export(&l2, label));
+    assert_ne!(export(&d1, label), export(&d2, label));
+    assert_ne!(export(&d1, label), export(&d1, b"qudag test l2d"));
+    assert_ne!(export(&d1, label), [0u8; 32]);
+}
+
+#[tokio::test]
+async fn transport_close_wakes_pending_accept_and_closes_connections() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, l) = connect(&a, &b).await;
+    let t = Arc::new(b.t);
+    let pending = tokio::spawn({
+        let t = t.clone();
+        async move { t.accept().await }
+    });
+    t.close();
+    let res = timeout(GUARD, pending).await.expect("guard").expect("task");
+    assert!(matches!(res, Err(TransportError::EndpointClosed)));
+    assert_eq!(l.close_reason(), Some(CloseReason::EndpointClosed));
+    assert_eq!(
+        timeout(GUARD, d.closed()).await.expect("guard"),
+        CloseReason::Remote {
+            code: 0,
+            reason: "endpoint closed".into()
+        }
+    );
+    assert!(matches!(
+        t.accept().await,
+        Err(TransportError::EndpointClosed)
+    ));
+    assert!(matches!(
+        t.dial(&a.addr()).await,
+        Err(TransportError::EndpointClosed)
+    ));
+}
+
+#[tokio::test]
+async fn handshake_limit_zero_refuses_inbound_at_once() {
+    let a = Node::new(QuicConfig::default());
+    let mut config = QuicConfig::default();
+    config.max_handshakes(0);
+    let b = Node::new(config);
+    let err = timeout(GUARD, a.t.dial(&b.addr()))
+        .await
+        .expect("guard")
+        .expect_err("refused");
+    assert!(
+        matches!(&err, TransportError::Refused { peer, .. } if *peer == b.id.peer_id()),
+        "{err:?}"
+    );
+    // The dial-only endpoint can still dial out.
+    let (d, l) = connect(&b, &a).await;
+    assert_eq!((d.peer(), l.peer()), (a.id.peer_id(), b.id.peer_id()));
+}
+
+#[tokio::test]
+async fn silent_address_times_out_as_unreachable() {
+    let mut config = QuicConfig::default();
+    config.handshake_timeout(Duration::from_millis(300));
+    let a = Node::new(config);
+    // A UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind(loopback()).expect("bind");
+    let to = PeerAddr::new(
+        PeerId::from_public_key(b"nobody"),
+        silent.local_addr().expect("addr"),
+    );
+    let err = timeout(GUARD, a.t.dial(&to))
+        .await
+        .expect("guard")
+        .expect_err("nobody answers");
+    assert!(
+        matches!(&err, TransportError::Unreachable { peer, addr, .. } if *peer == to.peer && *addr == to.addr),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_datagrams_do_not_disturb_the_listener() {
+    let mut config = QuicConfig::default();
+    config.max_handshakes(1);
+    let (a, b) = (Node::new(QuicConfig::default()), Node::new(config));
+    let junk = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
+    for i in 0..200u32 {
+        let mut pkt = vec![0xc0u8; 1200]; // looks like a long-header packet
+        pkt[1..5].copy_from_slice(&i.to_be_bytes());
+        junk.send_to(&pkt, b.t.local_addr()).await.expect("send");
+        junk.send_to(&pkt[..7], b.t.local_addr())
+            .await
+            .expect("send");
+    }
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!(l.peer(), a.id.peer_id());
+    // The single handshake slot was freed once the connection was accepted.
+    drop((d, l));
+    let (_d, l) = connect(&a, &b).await;
+    assert_eq!(l.peer(), a.id.peer_id());
+}
+
+#[tokio::test]
+async fn invalid_config_is_a_setup_error() {
+    let id = Identity::generate().expect("identity");
+    let mut config = QuicConfig::default();
+    config.keep_alive(Duration::from_secs(60));
+    let err = QuicTransport::bind(loopback(), &id, config).expect_err("invalid");
+    assert!(matches!(err, TransportError::Setup(_)));
+}
+
+#[tokio::test]
+async fn bind_from_pkcs8_derives_the_peer_id() {
+    let id = Identity::generate().expect("identity");
+    let t =
+        QuicTransport::bind_pkcs8(loopback(), id.pkcs8_der(), QuicConfig::default()).expect("bind");
+    assert_eq!(t.local_peer(), id.peer_id());
+    assert!(matches!(
+        QuicTransport::bind_pkcs8(loopback(), b"junk", QuicConfig::default()),
+        Err(TransportError::Setup(_))
+    ));
+}
