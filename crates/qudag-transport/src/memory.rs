@@ -211,7 +211,7 @@ struct Endpoint {
     links: Mutex<Vec<Weak<Link>>>,
 }
 
-/// One endpoint of a [`MemoryNetwork`]. See the [module docs](self).
+/// One endpoint of a [`MemoryNetwork`]; its semantics are described there and in the crate docs.
 pub struct MemoryTransport {
     net: MemoryNetwork,
     ep: Arc<Endpoint>,
