@@ -360,3 +360,60 @@ async fn bind_from_pkcs8_derives_the_peer_id() {
         Err(TransportError::Setup(_))
     ));
 }
+
+/// A half-open inbound handshake holds a slot; beyond the limit, inbound
+/// attempts are refused at once; the handshake timeout frees the slot.
+#[tokio::test]
+async fn half_open_handshake_holds_a_slot_until_its_timeout() {
+    let mut config = QuicConfig::default();
+    config
+        .max_handshakes(1)
+        .handshake_timeout(Duration::from_millis(400));
+    let host = Node::new(config);
+    let good = Node::new(QuicConfig::default());
+
+    // Capture a genuine client Initial with a socket that never answers...
+    let relay = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
+    let capturer = Node::new(QuicConfig::default());
+    let to_relay = PeerAddr::new(host.id.peer_id(), relay.local_addr().expect("addr"));
+    let stalled_dial = tokio::spawn(async move {
+        let _ = capturer.t.dial(&to_relay).await;
+    });
+    let mut initial = vec![0u8; 65536];
+    let (n, _) = timeout(GUARD, relay.recv_from(&mut initial))
+        .await
+        .expect("guard")
+        .expect("recv");
+    stalled_dial.abort();
+    // ...and replay it to the host from that silent socket: a half-open handshake.
+    relay
+        .send_to(&initial[..n], host.t.local_addr())
+        .await
+        .expect("send");
+
+    let err = timeout(GUARD, good.t.dial(&host.addr()))
+        .await
+        .expect("guard")
+        .expect_err("the only slot is taken");
+    assert!(
+        matches!(&err, TransportError::Refused { detail, .. } if detail.contains("handshake limit")),
+        "{err:?}"
+    );
+
+    // Once the half-open handshake times out, the good peer gets in.
+    let (d, l) = timeout(GUARD, async {
+        let to = host.addr();
+        loop {
+            // accept() is not needed for a dial to complete: handshakes run in the background.
+            match good.t.dial(&to).await {
+                Ok(d) => break (d, host.t.accept().await.expect("accept")),
+                Err(TransportError::Refused { .. }) => continue,
+                Err(other) => panic!("unexpected dial error {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("guard");
+    assert_eq!(l.peer(), good.id.peer_id());
+    assert!(d.is_alive());
+}
