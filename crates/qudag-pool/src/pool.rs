@@ -17,6 +17,18 @@ pub trait Poolable {
     fn is_alive(&self) -> bool;
 }
 
+impl<T: Poolable + ?Sized> Poolable for std::sync::Arc<T> {
+    fn is_alive(&self) -> bool {
+        (**self).is_alive()
+    }
+}
+
+impl<T: Poolable + ?Sized> Poolable for Box<T> {
+    fn is_alive(&self) -> bool {
+        (**self).is_alive()
+    }
+}
+
 /// Configuration of a [`Pool`] and its [`Limiter`].
 ///
 /// `Default` gives the production defaults; setters document theirs.

@@ -289,3 +289,114 @@ fn pool_and_limiter_under_many_threads() {
     while pool.evict_lru().is_some() {}
     assert_eq!((l.connections(), l.pending_dials()), (0, 0));
 }
+
+#[test]
+fn handles_are_send_sync_static() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Limiter>();
+    check::<DialPermit>();
+    check::<ConnectionSlot>();
+    check::<Pool<Arc<Conn>>>();
+    check::<qudag_pool::Backoff>();
+}
+
+#[derive(Clone, Debug)]
+enum PoolOp {
+    /// connect(): checkout, else dial with eviction; the dial succeeds or fails.
+    Connect(u8, bool),
+    /// disconnect(): park a held connection.
+    Disconnect(usize),
+    /// close a held connection for good.
+    Close(usize),
+    /// kill a pooled connection.
+    Kill(u8),
+    Advance(u64),
+    Cleanup,
+}
+
+fn pool_op() -> impl Strategy<Value = PoolOp> {
+    prop_oneof![
+        4 => (0u8..6, any::<bool>()).prop_map(|(p, ok)| PoolOp::Connect(p, ok)),
+        3 => any::<usize>().prop_map(PoolOp::Disconnect),
+        1 => any::<usize>().prop_map(PoolOp::Close),
+        1 => (0u8..6).prop_map(PoolOp::Kill),
+        2 => (0u64..200).prop_map(PoolOp::Advance),
+        1 => Just(PoolOp::Cleanup),
+    ]
+}
+
+#[derive(Debug)]
+struct Shared {
+    alive: Arc<AtomicBool>,
+    _slot: ConnectionSlot,
+}
+
+impl Poolable for Shared {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+}
+
+proptest! {
+    /// The manager's use, sequentially: slots are always accounted for (held +
+    /// pooled + set aside), a dial is refused only when no idle connection is
+    /// left to evict, and a refusal is a typed error.
+    #[test]
+    fn dial_evicts_idle_before_refusing_and_slots_return(
+        max in 1usize..5,
+        ops in prop::collection::vec(pool_op(), 0..80),
+    ) {
+        let mut config = PoolConfig::default();
+        config.max_connections(max).idle_timeout(Duration::from_secs(100));
+        let (pool, l) = (Pool::<Shared>::new(&config), Limiter::new(&config));
+        let mut now = Instant::now();
+        let mut held: Vec<(PeerId, Shared)> = Vec::new();
+        let mut flags: std::collections::HashMap<PeerId, Arc<AtomicBool>> = Default::default();
+        for op in ops {
+            match op {
+                PoolOp::Connect(n, ok) => {
+                    let peer = PeerId::from_bytes([n; 32]);
+                    if let Some(c) = pool.checkout(&peer, now) {
+                        prop_assert!(c.is_alive());
+                        held.push((peer, c));
+                        continue;
+                    }
+                    let idle_before = pool.len() + pool.pending_close();
+                    match pool.try_dial(&l, |_, c| drop(c)) {
+                        Ok(permit) if ok => {
+                            let alive = Arc::new(AtomicBool::new(true));
+                            held.push((peer, Shared { alive, _slot: permit.established() }));
+                        }
+                        Ok(permit) => drop(permit),
+                        Err(e) => {
+                            prop_assert_eq!(e, LimitError::Connections { max });
+                            prop_assert_eq!(held.len(), max, "refused with {} idle", idle_before);
+                            prop_assert!(pool.is_empty() && pool.pending_close() == 0);
+                        }
+                    }
+                }
+                PoolOp::Disconnect(i) if !held.is_empty() => {
+                    let (peer, c) = held.swap_remove(i % held.len());
+                    flags.insert(peer, c.alive.clone());
+                    drop(pool.checkin(peer, c, now));
+                }
+                PoolOp::Close(i) if !held.is_empty() => drop(held.swap_remove(i % held.len())),
+                PoolOp::Kill(n) => {
+                    let peer = PeerId::from_bytes([n; 32]);
+                    if pool.contains(&peer) {
+                        if let Some(f) = flags.get(&peer) { f.store(false, Ordering::SeqCst); }
+                    }
+                }
+                PoolOp::Advance(s) => now += Duration::from_secs(s),
+                PoolOp::Cleanup => drop(pool.handle_timeout(now)),
+                _ => {}
+            }
+            prop_assert_eq!(l.connections(), held.len() + pool.len() + pool.pending_close());
+            prop_assert!(l.connections() <= max);
+            prop_assert_eq!(l.pending_dials(), 0);
+        }
+        drop(held);
+        drop(pool);
+        prop_assert_eq!(l.connections(), 0);
+    }
+}
