@@ -1,0 +1,156 @@
+//! [`ManagerConfig`]: every knob of the connection manager, with production defaults.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qudag_batch::BatchConfig;
+use qudag_metrics::MetricsSink;
+use qudag_pool::{BackoffConfig, PoolConfig};
+
+/// Configuration of a [`ConnectionManager`](crate::ConnectionManager).
+///
+/// `Default` gives the production defaults listed on each setter. Setters
+/// take `&mut self` and return `&mut Self`, so a config can be built in
+/// place and reused.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use qudag_net::{FlushPolicy, ManagerConfig};
+///
+/// let mut config = ManagerConfig::default();
+/// config.queue_capacity(1024).ack_timeout(Duration::from_secs(5));
+/// config.batch_mut().policy(FlushPolicy::Fixed);
+/// ```
+#[derive(Clone)]
+pub struct ManagerConfig {
+    pub(crate) batch: BatchConfig,
+    pub(crate) pool: PoolConfig,
+    pub(crate) backoff: BackoffConfig,
+    pub(crate) queue_capacity: usize,
+    pub(crate) incoming_capacity: usize,
+    pub(crate) max_unacked_batches: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) max_redials: u32,
+    pub(crate) sinks: Vec<Arc<dyn MetricsSink>>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        let mut batch = BatchConfig::default();
+        batch.policy(qudag_batch::FlushPolicy::Adaptive);
+        Self {
+            batch,
+            pool: PoolConfig::default(),
+            backoff: BackoffConfig::default(),
+            queue_capacity: 8192,
+            incoming_capacity: 256,
+            max_unacked_batches: 32,
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(15),
+            max_redials: 5,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ManagerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerConfig")
+            .field("batch", &self.batch)
+            .field("pool", &self.pool)
+            .field("backoff", &self.backoff)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("incoming_capacity", &self.incoming_capacity)
+            .field("max_unacked_batches", &self.max_unacked_batches)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("max_redials", &self.max_redials)
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl ManagerConfig {
+    /// The batching configuration (size, bytes, delay, policy). Default:
+    /// [`BatchConfig::default`] with the adaptive policy, so a lightly loaded
+    /// link sends at once and a saturated one sends full batches.
+    pub fn batch_mut(&mut self) -> &mut BatchConfig {
+        &mut self.batch
+    }
+
+    /// The pool configuration (idle timeout 300 s, connection and dial limits).
+    pub fn pool_mut(&mut self) -> &mut PoolConfig {
+        &mut self.pool
+    }
+
+    /// The per-peer redial backoff (exponential with full jitter).
+    pub fn backoff_mut(&mut self) -> &mut BackoffConfig {
+        &mut self.backoff
+    }
+
+    /// Messages each peer's send queue holds before `send` waits and
+    /// `try_send` returns `Full`. Default: 8192.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is zero.
+    pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
+        assert!(n > 0, "queue capacity must be at least 1");
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Received batches buffered for the application before readers stop
+    /// reading (and QUIC flow control pushes back on the senders). Default: 256.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is zero.
+    pub fn incoming_capacity(&mut self, n: usize) -> &mut Self {
+        assert!(n > 0, "incoming capacity must be at least 1");
+        self.incoming_capacity = n;
+        self
+    }
+
+    /// Batches written but not yet acknowledged per connection before the
+    /// writer stops taking messages from the queue. Default: 32.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is zero.
+    pub fn max_unacked_batches(&mut self, n: usize) -> &mut Self {
+        assert!(n > 0, "max unacked batches must be at least 1");
+        self.max_unacked_batches = n;
+        self
+    }
+
+    /// Time allowed for a dial plus session set-up. Default: 10 s.
+    pub fn connect_timeout(&mut self, d: Duration) -> &mut Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// A connection whose oldest unacknowledged batch is older than this is
+    /// closed as unresponsive and its batches are handed back. Default: 15 s.
+    pub fn ack_timeout(&mut self, d: Duration) -> &mut Self {
+        self.ack_timeout = d;
+        self
+    }
+
+    /// Redials (with backoff) after a connection fails while messages wait,
+    /// before the waiting messages are handed back. Default: 5.
+    pub fn max_redials(&mut self, n: u32) -> &mut Self {
+        self.max_redials = n;
+        self
+    }
+
+    /// Adds a metrics sink that receives every event beside the built-in one.
+    pub fn add_sink(&mut self, sink: Arc<dyn MetricsSink>) -> &mut Self {
+        self.sinks.push(sink);
+        self
+    }
+}

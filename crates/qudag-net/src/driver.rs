@@ -1,0 +1,769 @@
+//! The per-peer driver: one task per known peer that owns the peer's queue,
+//! batcher, sealer and connection, and is the only writer to its stream.
+//!
+//! The driver is where the sans-IO cores meet IO and time: it reads the clock
+//! (`tokio::time::Instant`, so `tokio::time::pause` controls it) and passes
+//! `now` to the batcher, the pool and the backoff.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use qudag_batch::{encode_ack_frame, encode_batch_frame, Batch, Batcher};
+use qudag_crypto::PeerId;
+use qudag_metrics::{CloseKind, ErrorKind};
+use qudag_pool::{keep_connection, ConnState, ConnectionSlot, LimitError, Role, StateMachine};
+use qudag_transport::{CloseReason, Connection, PeerAddr, Side};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::manager::Shared;
+use crate::session::{self, CloseCode, Pooled, ReaderCtx, ReaderEvent, Session, SessionEnd};
+use crate::{Event, NetError, UndeliveredReason};
+
+/// A message on its way: the payload and when `send` accepted it.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    pub(crate) payload: Bytes,
+    pub(crate) sent_at: Instant,
+}
+
+impl AsRef<[u8]> for Envelope {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// Commands to a driver.
+pub(crate) enum Ctl {
+    Connect(oneshot::Sender<Result<(), NetError>>),
+    Disconnect(oneshot::Sender<()>),
+    Inbound(Arc<dyn Connection>, ConnectionSlot),
+    Expire(Arc<session::SessionHandle>),
+    Shutdown {
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the manager keeps of a peer.
+pub(crate) struct Peer {
+    pub(crate) id: PeerId,
+    pub(crate) addr: Mutex<Option<SocketAddr>>,
+    pub(crate) tx: mpsc::Sender<Envelope>,
+    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
+    pub(crate) state: Mutex<StateMachine>,
+}
+
+struct Unacked {
+    seq: u64,
+    batch: Batch<Envelope>,
+    written_at: Instant,
+}
+
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    rx: mpsc::Receiver<Envelope>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    batcher: Batcher<Envelope>,
+    session: Option<Session>,
+    /// The session is parked in the pool (the user disconnected).
+    idle: bool,
+    next_seq: u64,
+    unacked: VecDeque<Unacked>,
+    redials: u32,
+    next_redial: Option<Instant>,
+}
+
+fn std_now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(session: &mut Option<Session>) -> Option<ReaderEvent> {
+    match session {
+        Some(s) => s.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    pub(crate) fn spawn(shared: Arc<Shared>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let (ctl_tx, ctl) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            id,
+            addr: Mutex::new(addr),
+            tx,
+            ctl: ctl_tx,
+            state: Mutex::new(StateMachine::new()),
+        });
+        let driver = Driver {
+            batcher: Batcher::new(shared.config.batch.clone()),
+            shared,
+            peer: peer.clone(),
+            rx,
+            ctl,
+            session: None,
+            idle: false,
+            next_seq: 0,
+            unacked: VecDeque::new(),
+            redials: 0,
+            next_redial: None,
+        };
+        tokio::spawn(driver.run());
+        peer
+    }
+
+    async fn run(mut self) {
+        loop {
+            if let Err(end) = self.flush_ready().await {
+                self.session_ended(end, UndeliveredReason::ConnectionFailed);
+            }
+            let writable = self.session.is_some();
+            let batch_deadline = if writable {
+                self.batcher.poll_timeout().map(Instant::from_std)
+            } else {
+                None
+            };
+            let ack_deadline = self
+                .unacked
+                .front()
+                .map(|u| u.written_at + self.shared.config.ack_timeout);
+            let can_pull = writable
+                && self.unacked.len() < self.shared.config.max_unacked_batches
+                && self.batcher.pending_messages() < self.shared.config.batch.get_max_messages();
+            // Without a session, pull one message to learn that there is demand.
+            let pull_for_demand =
+                !writable && self.next_redial.is_none() && self.batcher.pending_messages() == 0;
+            tokio::select! {
+                biased;
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Ctl::Shutdown { deadline, done }) => {
+                        self.shutdown(deadline).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(ctl) => self.on_ctl(ctl).await,
+                    None => {
+                        self.shutdown(Instant::now()).await;
+                        return;
+                    }
+                },
+                ev = next_event(&mut self.session) => self.on_reader_event(ev).await,
+                env = self.rx.recv(), if can_pull || pull_for_demand => {
+                    if let Some(env) = env {
+                        self.take(env);
+                        if writable {
+                            self.drain_queue();
+                        } else if self.idle_or_none() {
+                            self.demand().await;
+                        }
+                    }
+                }
+                () = sleep_until(batch_deadline) => self.batcher.handle_timeout(std_now()),
+                () = sleep_until(ack_deadline) => self.unresponsive(),
+                () = sleep_until(self.next_redial), if !writable => {
+                    self.next_redial = None;
+                    self.demand().await;
+                }
+            }
+        }
+    }
+
+    fn idle_or_none(&self) -> bool {
+        self.session.is_none() || self.idle
+    }
+
+    fn take(&mut self, env: Envelope) {
+        // `send` checked the size against the same limit, so push cannot refuse;
+        // if it ever did, the message goes back to the application, not away.
+        if let Err(e) = self.batcher.push(env, std_now()) {
+            let qudag_batch::PushError::TooLarge { msg, .. } = e else {
+                return;
+            };
+            self.hand_back(vec![msg], UndeliveredReason::ConnectionFailed, false);
+        }
+    }
+
+    /// Moves what is already queued into the batcher, up to one batch.
+    fn drain_queue(&mut self) {
+        let max = self.shared.config.batch.get_max_messages();
+        while self.batcher.pending_messages() < max {
+            match self.rx.try_recv() {
+                Ok(env) => self.take(env),
+                Err(_) => break,
+            }
+        }
+    }
+
+    // -- state ------------------------------------------------------------
+
+    fn set_state(&self, to: ConnState) {
+        let t = self.peer.state.lock().transition(to);
+        match t {
+            Ok(t) => {
+                self.shared
+                    .sink
+                    .state_changed(map_state(t.from), map_state(t.to));
+                let _ = self.shared.events_tx.send(Event::StateChanged {
+                    peer: self.peer.id,
+                    from: t.from,
+                    to: t.to,
+                });
+            }
+            Err(e) => tracing::debug!(peer = %self.peer.id, error = %e, "state transition skipped"),
+        }
+    }
+
+    fn state(&self) -> ConnState {
+        self.peer.state.lock().state()
+    }
+
+    // -- connecting -------------------------------------------------------
+
+    async fn on_ctl(&mut self, ctl: Ctl) {
+        match ctl {
+            Ctl::Connect(reply) => {
+                let r = self.connect().await;
+                let _ = reply.send(r);
+            }
+            Ctl::Disconnect(reply) => {
+                if let Some(s) = &self.session {
+                    if !self.idle {
+                        self.idle = true;
+                        self.set_state(ConnState::Disconnected);
+                        let handle = Pooled(s.handle.clone());
+                        if let Some(old) = self.shared.pool.checkin(self.peer.id, handle, std_now())
+                        {
+                            old.0.close(CloseCode::Duplicate);
+                        }
+                        self.shared.pool_changed.notify_one();
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Ctl::Inbound(conn, slot) => self.inbound(conn, slot).await,
+            Ctl::Expire(handle) => {
+                if self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(&s.handle, &handle))
+                {
+                    self.shared.sink.connection_closed(CloseKind::Expired);
+                }
+                handle.close(CloseCode::Expired);
+            }
+            Ctl::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    /// Ensures a usable session: the live one, a pooled one, or a new dial.
+    async fn connect(&mut self) -> Result<(), NetError> {
+        if self.session.is_some() {
+            if !self.idle {
+                return Ok(());
+            }
+            if self
+                .shared
+                .pool
+                .checkout(&self.peer.id, std_now())
+                .is_some()
+            {
+                self.idle = false;
+                self.set_state(ConnState::Connecting);
+                self.set_state(ConnState::Connected);
+                return Ok(());
+            }
+            // Expired or dead in the pool: close it and dial anew.
+            if let Some(s) = &self.session {
+                s.handle.close(CloseCode::Expired);
+            }
+            self.session_ended(
+                SessionEnd::Closed(CloseReason::Local {
+                    code: CloseCode::Expired as u32,
+                    reason: Bytes::from_static(CloseCode::Expired.reason()),
+                }),
+                UndeliveredReason::ConnectionFailed,
+            );
+        }
+        let addr = (*self.peer.addr.lock()).ok_or(NetError::UnknownPeer(self.peer.id))?;
+        if let Err(e) = self.shared.backoff.check(&self.peer.id, std_now()) {
+            self.shared.sink.error(ErrorKind::Backoff);
+            return Err(NetError::Backoff {
+                peer: self.peer.id,
+                retry_at: e.retry_at,
+            });
+        }
+        let permit = self.shared.dial_permit()?;
+        self.shared.sink.pending_dials(1);
+        self.set_state(ConnState::Connecting);
+        let to = PeerAddr::new(self.peer.id, addr);
+        let shared = self.shared.clone();
+        let result = tokio::time::timeout(self.shared.config.connect_timeout, async {
+            let conn = shared.transport.dial(&to).await?;
+            let slot = permit.established();
+            session::establish(conn, slot, shared.reader_ctx(to.peer)).await
+        })
+        .await;
+        self.shared.sink.pending_dials(-1);
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(NetError::ConnectTimeout { peer: self.peer.id }),
+        };
+        match result {
+            Ok(session) => {
+                self.adopt(session);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.sink.error(error_kind(&e));
+                self.set_state(ConnState::Failed);
+                let retry = self.shared.backoff.on_failure(self.peer.id, std_now());
+                tracing::debug!(peer = %self.peer.id, error = %e, ?retry, "dial failed");
+                Err(e)
+            }
+        }
+    }
+
+    fn adopt(&mut self, session: Session) {
+        self.session = Some(session);
+        self.idle = false;
+        self.next_seq = 0;
+        self.redials = 0;
+        self.next_redial = None;
+        self.shared.backoff.on_success(&self.peer.id);
+        if self.state() != ConnState::Connecting {
+            self.set_state(ConnState::Connecting);
+        }
+        self.set_state(ConnState::Connected);
+    }
+
+    async fn inbound(&mut self, conn: Arc<dyn Connection>, slot: ConnectionSlot) {
+        if let Some(current) = &self.session {
+            if current.handle.conn.is_alive() {
+                let keep_new = match current.handle.conn.side() {
+                    // Both dialed: the rule both sides compute the same way.
+                    Side::Dialer => {
+                        keep_connection(&self.shared.local, &self.peer.id, Role::Listener)
+                    }
+                    // The peer dialed again: it no longer uses the old connection.
+                    Side::Listener => true,
+                };
+                if !keep_new {
+                    self.shared.sink.connection_closed(CloseKind::Duplicate);
+                    conn.close(CloseCode::Duplicate as u32, CloseCode::Duplicate.reason());
+                    return;
+                }
+                self.shared.sink.connection_closed(CloseKind::Duplicate);
+                current.handle.close(CloseCode::Duplicate);
+            }
+            self.session_ended(
+                SessionEnd::Closed(CloseReason::Local {
+                    code: CloseCode::Duplicate as u32,
+                    reason: Bytes::from_static(CloseCode::Duplicate.reason()),
+                }),
+                UndeliveredReason::ConnectionFailed,
+            );
+        }
+        let peer = self.peer.id;
+        let setup = tokio::time::timeout(
+            self.shared.config.connect_timeout,
+            session::establish(conn.clone(), slot, self.shared.reader_ctx(peer)),
+        )
+        .await;
+        match setup {
+            Ok(Ok(session)) => self.adopt(session),
+            Ok(Err(e)) => {
+                self.shared.sink.error(error_kind(&e));
+                tracing::debug!(%peer, error = %e, "inbound session set-up failed");
+                conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
+            }
+            Err(_) => {
+                self.shared.sink.error(ErrorKind::HandshakeFailed);
+                conn.close(CloseCode::Protocol as u32, b"session set-up timed out");
+            }
+        }
+    }
+
+    /// Messages wait and there is no usable session: reuse, dial, or schedule a redial.
+    async fn demand(&mut self) {
+        if self.session.is_some() && !self.idle {
+            return;
+        }
+        match self.connect().await {
+            Ok(()) => {}
+            Err(NetError::Backoff { retry_at, .. }) => {
+                self.next_redial = Some(Instant::from_std(retry_at));
+            }
+            Err(e) => {
+                self.redials += 1;
+                if self.redials > self.shared.config.max_redials
+                    || matches!(e, NetError::UnknownPeer(_))
+                {
+                    self.give_up(UndeliveredReason::Unreachable);
+                } else if let Some(at) = self.shared.backoff.retry_at(&self.peer.id) {
+                    self.next_redial = Some(Instant::from_std(at));
+                } else {
+                    self.next_redial = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Hands back everything waiting for this peer (redials exhausted).
+    fn give_up(&mut self, reason: UndeliveredReason) {
+        self.redials = 0;
+        self.next_redial = None;
+        let mut msgs = self.drain_batcher();
+        while let Ok(env) = self.rx.try_recv() {
+            msgs.push(env);
+        }
+        self.hand_back(msgs, reason, false);
+    }
+
+    // -- writing ----------------------------------------------------------
+
+    async fn flush_ready(&mut self) -> Result<(), SessionEnd> {
+        if self.session.is_none() {
+            return Ok(());
+        }
+        while let Some(batch) = self.batcher.poll_batch() {
+            self.write_batch(batch).await?;
+            self.batcher.write_complete();
+        }
+        Ok(())
+    }
+
+    async fn write_batch(&mut self, batch: Batch<Envelope>) -> Result<(), SessionEnd> {
+        let seq = self.next_seq;
+        let s = self
+            .session
+            .as_mut()
+            .expect("flush_ready checked the session");
+        let before = s.buf.capacity();
+        s.buf.clear();
+        let spans = encode_batch_frame(seq, batch.messages(), &mut s.buf);
+        let (head, rest) = s.buf.split_at_mut(spans.body.start);
+        let (body, tag) = rest.split_at_mut(spans.body.len());
+        let sealed = s.sealer.seal_in_place(seq, &head[spans.aad.clone()], body);
+        let tag_bytes = match sealed {
+            Ok(t) => t,
+            Err(e) => {
+                // The sequence is exhausted: a new connection gets new keys.
+                tracing::warn!(peer = %self.peer.id, error = %e, "sealing refused");
+                s.handle.close(CloseCode::Normal);
+                self.requeue_front(batch);
+                return Err(SessionEnd::Protocol(e.to_string()));
+            }
+        };
+        tag[..tag_bytes.len()].copy_from_slice(&tag_bytes);
+        let wire = s.buf.len();
+        let after = s.buf.capacity();
+        if after != before {
+            self.shared.sink.memory(after as isize - before as isize);
+        }
+        self.next_seq += 1;
+        let n = batch.len();
+        self.unacked.push_back(Unacked {
+            seq,
+            batch,
+            written_at: Instant::now(),
+        });
+        let s = self.session.as_mut().expect("still there");
+        if s.writer.write_all(&s.buf).await.is_err() {
+            return Err(SessionEnd::Closed(
+                s.handle
+                    .conn
+                    .close_reason()
+                    .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
+            ));
+        }
+        self.shared.sink.batch_flushed(n, wire);
+        Ok(())
+    }
+
+    fn requeue_front(&mut self, batch: Batch<Envelope>) {
+        // Sealing can only fail at sequence exhaustion (2^64 batches); keep the messages.
+        self.hand_back(
+            batch.into_messages(),
+            UndeliveredReason::ConnectionFailed,
+            false,
+        );
+    }
+
+    async fn write_ack(&mut self, next: u64) -> Result<(), SessionEnd> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let mut frame = bytes::BytesMut::with_capacity(16);
+        encode_ack_frame(next, &mut frame);
+        if s.writer.write_all(&frame).await.is_err() {
+            return Err(SessionEnd::Closed(
+                s.handle
+                    .conn
+                    .close_reason()
+                    .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
+            ));
+        }
+        Ok(())
+    }
+
+    // -- reading ----------------------------------------------------------
+
+    async fn on_reader_event(&mut self, ev: Option<ReaderEvent>) {
+        let ev = ev.unwrap_or(ReaderEvent::Ended(SessionEnd::Closed(CloseReason::Lost(
+            "reader stopped".into(),
+        ))));
+        match ev {
+            ReaderEvent::Delivered(mut n) => {
+                // Coalesce acknowledgements that are already queued.
+                let mut others = Vec::new();
+                if let Some(s) = self.session.as_mut() {
+                    while let Ok(ev) = s.events.try_recv() {
+                        match ev {
+                            ReaderEvent::Delivered(m) => n = n.max(m),
+                            other => others.push(other),
+                        }
+                    }
+                }
+                if let Err(end) = self.write_ack(n).await {
+                    self.session_ended(end, UndeliveredReason::ConnectionFailed);
+                    return;
+                }
+                for ev in others {
+                    Box::pin(self.on_reader_event(Some(ev))).await;
+                }
+            }
+            ReaderEvent::Acked(n) => self.acked(n),
+            ReaderEvent::Ended(end) => self.session_ended(end, UndeliveredReason::ConnectionFailed),
+        }
+    }
+
+    fn acked(&mut self, next: u64) {
+        if next > self.next_seq {
+            // The peer acknowledges batches we never sent.
+            self.shared.sink.error(ErrorKind::Sequence);
+            if let Some(s) = &self.session {
+                s.handle.close(CloseCode::Protocol);
+            }
+            self.session_ended(
+                SessionEnd::Protocol("acknowledgement beyond the last batch sent".into()),
+                UndeliveredReason::ConnectionFailed,
+            );
+            return;
+        }
+        let now = Instant::now();
+        while self.unacked.front().is_some_and(|u| u.seq < next) {
+            let u = self.unacked.pop_front().expect("checked");
+            let mut bytes = 0usize;
+            for env in u.batch.messages() {
+                let len = env.payload.len();
+                bytes += len;
+                self.shared
+                    .sink
+                    .message_acked(len, now.duration_since(env.sent_at));
+            }
+            self.shared.sink.memory(-(bytes as isize));
+            self.shared.sink.queued_messages(-(u.batch.len() as isize));
+        }
+    }
+
+    fn unresponsive(&mut self) {
+        let Some(front) = self.unacked.front() else {
+            return;
+        };
+        if Instant::now() < front.written_at + self.shared.config.ack_timeout {
+            return;
+        }
+        self.shared.sink.error(ErrorKind::AckTimeout);
+        if let Some(s) = &self.session {
+            s.handle.close(CloseCode::Unresponsive);
+        }
+        self.shared.sink.connection_closed(CloseKind::Unresponsive);
+        self.session_ended(
+            SessionEnd::Closed(CloseReason::Local {
+                code: CloseCode::Unresponsive as u32,
+                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
+            }),
+            UndeliveredReason::Unresponsive,
+        );
+    }
+
+    /// The session is gone: hand back what it did not get acknowledged,
+    /// update the state, and redial if messages wait.
+    fn session_ended(&mut self, end: SessionEnd, reason: UndeliveredReason) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let cap = session.buf.capacity();
+        self.shared.sink.memory(-(cap as isize));
+        // Only this driver parks sessions of this peer, so its pool entry, if any, is this session.
+        self.shared.pool.remove(&self.peer.id);
+        match &end {
+            SessionEnd::Closed(CloseReason::Remote { .. }) => {
+                self.shared.sink.connection_closed(CloseKind::Remote)
+            }
+            SessionEnd::Closed(CloseReason::Local { .. }) => {}
+            SessionEnd::Closed(_) => self.shared.sink.connection_closed(CloseKind::Error),
+            SessionEnd::Protocol(_) => self.shared.sink.connection_closed(CloseKind::Error),
+        }
+        tracing::debug!(peer = %self.peer.id, ?end, "session ended");
+        let unacked: Vec<Envelope> = self
+            .unacked
+            .drain(..)
+            .flat_map(|u| u.batch.into_messages())
+            .collect();
+        self.hand_back(unacked, reason, true);
+        let was_idle = std::mem::replace(&mut self.idle, false);
+        if !was_idle && self.state() == ConnState::Connected {
+            self.set_state(ConnState::Failed);
+            self.shared.backoff.on_failure(self.peer.id, std_now());
+        }
+        drop(session);
+        if self.batcher.pending_messages() > 0 && self.next_redial.is_none() {
+            let at = self
+                .shared
+                .backoff
+                .retry_at(&self.peer.id)
+                .map(Instant::from_std)
+                .unwrap_or_else(Instant::now);
+            self.next_redial = Some(at);
+        }
+    }
+
+    fn drain_batcher(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        while let Some(b) = self.batcher.poll_batch() {
+            out.extend(b.into_messages());
+            self.batcher.write_complete();
+        }
+        if let Some(b) = self.batcher.flush() {
+            out.extend(b.into_messages());
+        }
+        self.batcher.write_complete();
+        out
+    }
+
+    fn hand_back(&self, msgs: Vec<Envelope>, reason: UndeliveredReason, maybe_delivered: bool) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut bytes = 0usize;
+        let messages: Vec<Bytes> = msgs
+            .into_iter()
+            .map(|e| {
+                bytes += e.payload.len();
+                self.shared.sink.message_undelivered(e.payload.len());
+                e.payload
+            })
+            .collect();
+        self.shared.sink.memory(-(bytes as isize));
+        self.shared.sink.queued_messages(-(messages.len() as isize));
+        tracing::debug!(peer = %self.peer.id, n = messages.len(), %reason, "handing back undelivered messages");
+        let _ = self.shared.events_tx.send(Event::Undelivered {
+            peer: self.peer.id,
+            messages,
+            reason,
+            maybe_delivered,
+        });
+    }
+
+    // -- shutdown ---------------------------------------------------------
+
+    async fn shutdown(&mut self, deadline: Instant) {
+        self.rx.close();
+        while let Ok(env) = self.rx.try_recv() {
+            self.take(env);
+        }
+        if self.session.is_some() {
+            let flushed = async {
+                self.flush_ready().await?;
+                if let Some(b) = self.batcher.flush() {
+                    self.write_batch(b).await?;
+                    self.batcher.write_complete();
+                }
+                Ok::<(), SessionEnd>(())
+            };
+            let flushed = tokio::time::timeout_at(deadline, flushed).await;
+            if let Ok(Err(end)) = flushed {
+                self.session_ended(end, UndeliveredReason::Shutdown);
+            }
+            // Wait for the acknowledgements, up to the deadline.
+            while !self.unacked.is_empty() && self.session.is_some() {
+                tokio::select! {
+                    ev = next_event(&mut self.session) => self.on_reader_event(ev).await,
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            if let Some(s) = self.session.as_mut() {
+                s.handle.close(CloseCode::Shutdown);
+                self.shared.sink.connection_closed(CloseKind::Shutdown);
+                // Stop the reader and wait until it has let go of its buffers.
+                s.reader.abort();
+                let _ = (&mut s.reader).await;
+            }
+            if self.state() == ConnState::Connected {
+                self.set_state(ConnState::Disconnected);
+            }
+            self.session_ended(
+                SessionEnd::Closed(CloseReason::EndpointClosed),
+                UndeliveredReason::Shutdown,
+            );
+        }
+        let rest = self.drain_batcher();
+        self.hand_back(rest, UndeliveredReason::Shutdown, false);
+        self.next_redial = None;
+    }
+}
+
+pub(crate) fn map_state(s: ConnState) -> qudag_metrics::ConnState {
+    match s {
+        ConnState::New => qudag_metrics::ConnState::New,
+        ConnState::Connecting => qudag_metrics::ConnState::Connecting,
+        ConnState::Connected => qudag_metrics::ConnState::Connected,
+        ConnState::Disconnected => qudag_metrics::ConnState::Disconnected,
+        ConnState::Failed => qudag_metrics::ConnState::Failed,
+    }
+}
+
+pub(crate) fn error_kind(e: &NetError) -> ErrorKind {
+    use qudag_transport::TransportError as T;
+    match e {
+        NetError::Transport(T::PeerIdMismatch { .. }) => ErrorKind::PeerIdMismatch,
+        NetError::Transport(T::Refused { .. } | T::NotAllowed { .. }) => ErrorKind::Refused,
+        NetError::Transport(T::HandshakeTimeout { .. } | T::Handshake { .. }) => {
+            ErrorKind::HandshakeFailed
+        }
+        NetError::Transport(T::Unreachable { .. }) => ErrorKind::DialFailed,
+        NetError::Transport(_) => ErrorKind::Transport,
+        NetError::Limit(LimitError::Connections { .. } | LimitError::PendingDials { .. }) => {
+            ErrorKind::LimitReached
+        }
+        NetError::Limit(_) => ErrorKind::LimitReached,
+        NetError::Backoff { .. } => ErrorKind::Backoff,
+        NetError::ConnectTimeout { .. } => ErrorKind::HandshakeFailed,
+        _ => ErrorKind::Other,
+    }
+}
+
+impl Shared {
+    pub(crate) fn reader_ctx(&self, peer: PeerId) -> ReaderCtx {
+        ReaderCtx {
+            peer,
+            limits: self.codec_limits.clone(),
+            incoming: self.incoming_tx.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Errors of the connection manager, and why a message came back undelivered.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use qudag_crypto::PeerId;
+
+/// Errors of [`ConnectionManager`](crate::ConnectionManager) operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The transport failed to dial or accept.
+    #[error(transparent)]
+    Transport(#[from] qudag_transport::TransportError),
+    /// A connection or pending-dial limit is reached and no idle connection could be evicted.
+    #[error("connection limit reached: {0}")]
+    Limit(#[from] qudag_pool::LimitError),
+    /// The peer failed recently; dialing again is not allowed before `retry_at`.
+    #[error("peer {peer} is backing off after failed dials")]
+    Backoff {
+        /// The peer.
+        peer: PeerId,
+        /// Earliest instant of the next dial.
+        retry_at: Instant,
+    },
+    /// Dial plus session set-up took longer than the connect timeout.
+    #[error("connecting to {peer} timed out")]
+    ConnectTimeout {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The session could not be set up on an established connection.
+    #[error("session set-up with {peer} failed: {detail}")]
+    Session {
+        /// The peer.
+        peer: PeerId,
+        /// What failed.
+        detail: String,
+    },
+    /// The peer is not known: it was never connected and has no address.
+    #[error("unknown peer {0}: connect to it first")]
+    UnknownPeer(PeerId),
+    /// The manager is shutting down or shut down.
+    #[error("the connection manager is shut down")]
+    Shutdown,
+}
+
+/// Why `send` or `try_send` did not accept a message. The message is handed back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The peer's queue is full (only from `try_send`).
+    #[error("send queue to {peer} is full")]
+    Full {
+        /// The peer.
+        peer: PeerId,
+        /// The message, handed back.
+        msg: Bytes,
+    },
+    /// The message is larger than the configured message limit.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The message length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+        /// The message, handed back.
+        msg: Bytes,
+    },
+    /// The peer is not known (connect to it first).
+    #[error("unknown peer {peer}: connect to it first")]
+    UnknownPeer {
+        /// The peer.
+        peer: PeerId,
+        /// The message, handed back.
+        msg: Bytes,
+    },
+    /// The manager is shutting down.
+    #[error("the connection manager is shut down")]
+    Shutdown {
+        /// The message, handed back.
+        msg: Bytes,
+    },
+}
+
+impl SendError {
+    /// The message that was not accepted.
+    pub fn into_message(self) -> Bytes {
+        match self {
+            SendError::Full { msg, .. }
+            | SendError::TooLarge { msg, .. }
+            | SendError::UnknownPeer { msg, .. }
+            | SendError::Shutdown { msg } => msg,
+        }
+    }
+}
+
+/// Why accepted messages were handed back to the sender's application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UndeliveredReason {
+    /// The connection failed (and redials, if any, did not succeed in time).
+    ConnectionFailed,
+    /// The peer stopped acknowledging within the ack timeout.
+    Unresponsive,
+    /// The manager shut down before the messages were acknowledged.
+    Shutdown,
+    /// The peer refused or could not be reached while the messages waited.
+    Unreachable,
+}
+
+impl std::fmt::Display for UndeliveredReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UndeliveredReason::ConnectionFailed => "connection failed",
+            UndeliveredReason::Unresponsive => "peer unresponsive",
+            UndeliveredReason::Shutdown => "shutdown",
+            UndeliveredReason::Unreachable => "peer unreachable",
+        })
+    }
+}

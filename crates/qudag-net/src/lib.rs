@@ -1,0 +1,82 @@
+//! qudag-net: authenticated, encrypted, pooled connections between the peers
+//! of a p2p network, moving small messages between them fast.
+//!
+//! [`ConnectionManager`] wires the layered crates together:
+//!
+//! - `qudag-transport`: a [`Transport`] dials and accepts connections
+//!   authenticated by [`PeerId`] (QUIC with mutual TLS 1.3, or in-memory);
+//! - `qudag-crypto`: every batch is sealed with ChaCha20-Poly1305 under a key
+//!   per direction exported from the authenticated session, nonce = batch
+//!   sequence number; a replayed, reordered, dropped or forged batch closes
+//!   the connection;
+//! - `qudag-batch`: messages are batched (128 messages, a byte limit, or
+//!   50 ms; or adaptively, at once when the link is idle);
+//! - `qudag-pool`: connection states, the pool of idle connections (300 s),
+//!   connection limits, per-peer backoff, the simultaneous-dial rule;
+//! - `qudag-metrics`: counters, gauges, latency histograms, Prometheus text.
+//!
+//! Delivery contract: every message [`send`](ConnectionManager::send)
+//! accepted is either delivered to the peer's application (in order, through
+//! its [`Incoming`]) and acknowledged, or handed back to the sender's
+//! application as [`Event::Undelivered`] with the reason. Nothing is dropped
+//! silently. A handed-back message has `maybe_delivered = true` when it was
+//! written before the connection failed: the peer may have it.
+//!
+//! What it does not do: peer discovery, routing, or retransmission across
+//! connections (handed-back messages are the application's to resend).
+//!
+//! # Examples
+//!
+//! Two managers over the in-memory transport (QUIC is the same with
+//! `QuicTransport`):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use qudag_net::{ConnectionManager, ManagerConfig, MemoryNetwork, PeerAddr, PeerId, Transport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = MemoryNetwork::new();
+//! let alice_t = Arc::new(net.bind(PeerId::from_public_key(b"alice")));
+//! let bob_t = Arc::new(net.bind(PeerId::from_public_key(b"bob")));
+//! let bob_addr = PeerAddr::new(bob_t.local_peer(), bob_t.local_addr());
+//!
+//! let alice = ConnectionManager::new(ManagerConfig::default(), alice_t);
+//! let bob = ConnectionManager::new(ManagerConfig::default(), bob_t);
+//! let mut bob_in = bob.incoming().unwrap();
+//!
+//! alice.connect(bob_addr).await?;
+//! alice.send(&bob_addr.peer, Bytes::from_static(b"hello")).await?;
+//! let (from, msg) = bob_in.recv().await.unwrap();
+//! assert_eq!((from, &msg[..]), (alice.local_peer(), &b"hello"[..]));
+//!
+//! alice.shutdown(std::time::Duration::from_secs(1)).await;
+//! bob.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![doc(test(attr(deny(warnings))))]
+
+mod config;
+mod driver;
+mod error;
+mod event;
+mod manager;
+mod session;
+
+pub use config::ManagerConfig;
+pub use error::{NetError, SendError, UndeliveredReason};
+pub use event::{Event, Events, Incoming};
+pub use manager::{ConnectionManager, ShutdownReport};
+
+pub use qudag_batch::{BatchConfig, FlushPolicy};
+pub use qudag_crypto::{Identity, PeerId};
+pub use qudag_metrics::{Metrics, MetricsSink, MetricsSnapshot, NetworkMetrics};
+pub use qudag_pool::{BackoffConfig, ConnState, PoolConfig};
+pub use qudag_transport::{
+    CloseReason, Connection, MemoryNetwork, MemoryTransport, PeerAddr, Transport, TransportError,
+};
+#[cfg(feature = "quic")]
+pub use qudag_transport::{QuicConfig, QuicTransport};

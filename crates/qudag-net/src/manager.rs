@@ -1,0 +1,445 @@
+//! [`ConnectionManager`]: the public face, the accept loop and the pool cleanup task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use qudag_batch::CodecLimits;
+use qudag_crypto::PeerId;
+use qudag_metrics::{ErrorKind, FanOut, Metrics, MetricsSink, MetricsSnapshot, NetworkMetrics};
+use qudag_pool::{Backoff, ConnState, DialPermit, LimitError, Limiter, Pool};
+use qudag_transport::{Connection, PeerAddr, Transport};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
+use crate::session::{CloseCode, Pooled};
+use crate::{Event, Events, Incoming, ManagerConfig, NetError, SendError};
+
+/// State shared by the manager handle, the drivers and the background tasks.
+pub(crate) struct Shared {
+    pub(crate) local: PeerId,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) config: ManagerConfig,
+    pub(crate) peers: DashMap<PeerId, Arc<Peer>>,
+    pub(crate) pool: Pool<Pooled>,
+    pub(crate) limiter: Limiter,
+    pub(crate) backoff: Backoff,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sink: Arc<dyn MetricsSink>,
+    pub(crate) incoming_tx: mpsc::Sender<(PeerId, Vec<Bytes>)>,
+    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    pub(crate) pool_changed: Notify,
+    pub(crate) codec_limits: CodecLimits,
+    shutting_down: AtomicBool,
+    stop: Notify,
+}
+
+impl Shared {
+    /// A dial permit, evicting idle pooled connections (least recently used
+    /// first) while the connection limit is what stands in the way.
+    pub(crate) fn dial_permit(&self) -> Result<DialPermit, NetError> {
+        loop {
+            match self.limiter.try_dial() {
+                Ok(p) => return Ok(p),
+                Err(LimitError::Connections { max }) => match self.pool.evict_lru() {
+                    Some((peer, handle)) => {
+                        tracing::debug!(%peer, "evicting idle pooled connection to make room");
+                        self.sink
+                            .connection_closed(qudag_metrics::CloseKind::Evicted);
+                        handle.0.evict();
+                    }
+                    None => {
+                        self.sink.error(ErrorKind::LimitReached);
+                        return Err(NetError::Limit(LimitError::Connections { max }));
+                    }
+                },
+                Err(e) => {
+                    self.sink.error(ErrorKind::LimitReached);
+                    return Err(NetError::Limit(e));
+                }
+            }
+        }
+    }
+
+    fn peer(self: &Arc<Self>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+        if let Some(p) = self.peers.get(&id) {
+            if let Some(a) = addr {
+                let mut known = p.addr.lock();
+                if known.is_none() {
+                    *known = Some(a);
+                }
+            }
+            return p.clone();
+        }
+        self.peers
+            .entry(id)
+            .or_insert_with(|| Driver::spawn(self.clone(), id, addr))
+            .clone()
+    }
+
+    fn on_inbound(self: &Arc<Self>, conn: Arc<dyn Connection>) {
+        if self.shutting_down.load(Ordering::Acquire) {
+            conn.close(CloseCode::Shutdown as u32, CloseCode::Shutdown.reason());
+            return;
+        }
+        let slot = match self.limiter.try_accept() {
+            Ok(s) => s,
+            Err(e) => {
+                // Make room by evicting an idle pooled connection, once.
+                match self.pool.evict_lru() {
+                    Some((_, h)) => {
+                        self.sink
+                            .connection_closed(qudag_metrics::CloseKind::Evicted);
+                        h.0.evict();
+                        match self.limiter.try_accept() {
+                            Ok(s) => s,
+                            Err(e) => return self.refuse(conn, e),
+                        }
+                    }
+                    None => return self.refuse(conn, e),
+                }
+            }
+        };
+        // Dialers and listeners share one QUIC socket, so the source address is
+        // the peer's listening address; it is only used if no better one is known.
+        let peer = self.peer(conn.peer(), Some(conn.remote_addr()));
+        let _ = peer.ctl.send(Ctl::Inbound(conn, slot));
+    }
+
+    fn refuse(&self, conn: Arc<dyn Connection>, e: LimitError) {
+        tracing::debug!(peer = %conn.peer(), error = %e, "refusing inbound connection");
+        self.sink.error(ErrorKind::LimitReached);
+        conn.close(CloseCode::Limit as u32, CloseCode::Limit.reason());
+    }
+}
+
+/// The connection manager: authenticated, encrypted, pooled connections to
+/// peers, and batched, in-order, acknowledged message delivery over them.
+///
+/// Cheap to clone (all clones drive the same manager). Dropping the last
+/// clone without [`shutdown`](ConnectionManager::shutdown) stops every task
+/// at once and hands back nothing; call `shutdown` to keep the delivery
+/// contract.
+///
+/// See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct ConnectionManager {
+    shared: Arc<Shared>,
+    incoming: Arc<Mutex<Option<Incoming>>>,
+    events: Arc<Mutex<Option<Events>>>,
+    _guard: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionManager")
+            .field("local", &self.shared.local)
+            .field("peers", &self.shared.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct DropGuard(Arc<Shared>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if !self.0.shutting_down.swap(true, Ordering::AcqRel) {
+            self.0.stop.notify_waiters();
+            self.0.transport.close();
+            let now = Instant::now();
+            for p in self.0.peers.iter() {
+                let (done, _) = oneshot::channel();
+                let _ = p.ctl.send(Ctl::Shutdown {
+                    deadline: now,
+                    done,
+                });
+            }
+        }
+    }
+}
+
+/// What [`ConnectionManager::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Peers whose drivers finished before the deadline.
+    pub peers_closed: usize,
+}
+
+impl ConnectionManager {
+    /// Starts a manager on `transport`: spawns the accept loop and the pool
+    /// cleanup task on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn new(config: ManagerConfig, transport: Arc<dyn Transport>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let sink: Arc<dyn MetricsSink> = if config.sinks.is_empty() {
+            metrics.clone()
+        } else {
+            let mut all: Vec<Arc<dyn MetricsSink>> = vec![metrics.clone()];
+            all.extend(config.sinks.iter().cloned());
+            Arc::new(FanOut::new(all))
+        };
+        let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            local: transport.local_peer(),
+            pool: Pool::new(&config.pool),
+            limiter: Limiter::new(&config.pool),
+            backoff: Backoff::new(config.backoff.clone()),
+            codec_limits: config.batch.codec_limits(),
+            transport,
+            config,
+            peers: DashMap::new(),
+            metrics,
+            sink: sink.clone(),
+            incoming_tx,
+            events_tx,
+            pool_changed: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        tokio::spawn(accept_loop(shared.clone()));
+        tokio::spawn(cleanup_loop(shared.clone()));
+        ConnectionManager {
+            incoming: Arc::new(Mutex::new(Some(Incoming {
+                rx: incoming_rx,
+                current: None,
+                sink,
+            }))),
+            events: Arc::new(Mutex::new(Some(Events { rx: events_rx }))),
+            _guard: Arc::new(DropGuard(shared.clone())),
+            shared,
+        }
+    }
+
+    /// This node's identity.
+    pub fn local_peer(&self) -> PeerId {
+        self.shared.local
+    }
+
+    /// The address peers dial to reach this node.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.transport.local_addr()
+    }
+
+    /// Connects to `to`: reuses a live session (or a pooled one younger than
+    /// the pool timeout) before it dials. Remembers the address for redials.
+    pub async fn connect(&self, to: PeerAddr) -> Result<(), NetError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        let peer = self.shared.peer(to.peer, Some(to.addr));
+        *peer.addr.lock() = Some(to.addr);
+        let (tx, rx) = oneshot::channel();
+        peer.ctl
+            .send(Ctl::Connect(tx))
+            .map_err(|_| NetError::Shutdown)?;
+        rx.await.map_err(|_| NetError::Shutdown)?
+    }
+
+    /// Returns the peer's connection to the pool: it stays open and is reused
+    /// by the next `connect` or `send` within the pool timeout, after which
+    /// the cleanup task closes it. Messages already queued are still sent.
+    pub async fn disconnect(&self, peer: &PeerId) -> Result<(), NetError> {
+        let p = self.known(peer).ok_or(NetError::UnknownPeer(*peer))?;
+        let (tx, rx) = oneshot::channel();
+        p.ctl
+            .send(Ctl::Disconnect(tx))
+            .map_err(|_| NetError::Shutdown)?;
+        rx.await.map_err(|_| NetError::Shutdown)
+    }
+
+    fn known(&self, peer: &PeerId) -> Option<Arc<Peer>> {
+        self.shared.peers.get(peer).map(|p| p.clone())
+    }
+
+    fn check_send(&self, peer: &PeerId, msg: Bytes) -> Result<(Arc<Peer>, Envelope), SendError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(SendError::Shutdown { msg });
+        }
+        let max = self.shared.config.batch.get_max_message_len();
+        if msg.len() > max {
+            return Err(SendError::TooLarge {
+                len: msg.len(),
+                max,
+                msg,
+            });
+        }
+        let Some(p) = self.known(peer) else {
+            return Err(SendError::UnknownPeer { peer: *peer, msg });
+        };
+        Ok((
+            p,
+            Envelope {
+                payload: msg,
+                sent_at: Instant::now(),
+            },
+        ))
+    }
+
+    fn accepted(&self, len: usize) {
+        self.shared.sink.message_queued(len);
+        self.shared.sink.queued_messages(1);
+        self.shared.sink.memory(len as isize);
+    }
+
+    /// Queues `msg` for `peer`, waiting while the peer's queue is full.
+    ///
+    /// `Ok` means accepted: the message will be delivered to the peer's
+    /// application in order, or handed back through [`Events`] as
+    /// [`Event::Undelivered`]. Never both silently, never neither.
+    pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
+        let (p, env) = self.check_send(peer, msg)?;
+        let len = env.payload.len();
+        match p.tx.send(env).await {
+            Ok(()) => {
+                self.accepted(len);
+                Ok(())
+            }
+            Err(e) => Err(SendError::Shutdown { msg: e.0.payload }),
+        }
+    }
+
+    /// Queues `msg` for `peer` if its queue has room; `Full` hands it back otherwise.
+    pub fn try_send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
+        let (p, env) = self.check_send(peer, msg)?;
+        let len = env.payload.len();
+        match p.tx.try_send(env) {
+            Ok(()) => {
+                self.accepted(len);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(e)) => Err(SendError::Full {
+                peer: *peer,
+                msg: e.payload,
+            }),
+            Err(mpsc::error::TrySendError::Closed(e)) => {
+                Err(SendError::Shutdown { msg: e.payload })
+            }
+        }
+    }
+
+    /// Takes the stream of received messages (once; later calls return `None`).
+    pub fn incoming(&self) -> Option<Incoming> {
+        self.incoming.lock().take()
+    }
+
+    /// Takes the stream of state changes and undelivered messages (once).
+    pub fn events(&self) -> Option<Events> {
+        self.events.lock().take()
+    }
+
+    /// The connection state of `peer`, if the manager knows it.
+    pub fn status(&self, peer: &PeerId) -> Option<ConnState> {
+        self.known(peer).map(|p| p.state.lock().state())
+    }
+
+    /// Every peer the manager knows.
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.shared.peers.iter().map(|p| *p.key()).collect()
+    }
+
+    /// Connections currently open (active and pooled), as the limiter counts them.
+    pub fn open_connections(&self) -> usize {
+        self.shared.limiter.connections()
+    }
+
+    /// Idle connections parked in the pool.
+    pub fn pooled_connections(&self) -> usize {
+        self.shared.pool.len()
+    }
+
+    /// The seed's four figures, now.
+    pub fn metrics(&self) -> NetworkMetrics {
+        self.shared
+            .metrics
+            .network_metrics(Instant::now().into_std())
+    }
+
+    /// Every figure the built-in sink keeps, now.
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot(Instant::now().into_std())
+    }
+
+    /// The built-in metrics sink (for Prometheus export and custom reads).
+    pub fn metrics_sink(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Stops accepting messages and connections, flushes every queue, waits
+    /// for acknowledgements up to `grace`, closes every connection with the
+    /// shutdown reason, and hands back (as [`Event::Undelivered`]) whatever
+    /// was not acknowledged. Later calls return at once.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        if self.shared.shutting_down.swap(true, Ordering::AcqRel) {
+            return ShutdownReport { peers_closed: 0 };
+        }
+        self.shared.stop.notify_waiters();
+        let deadline = Instant::now() + grace;
+        let peers: Vec<Arc<Peer>> = self.shared.peers.iter().map(|p| p.clone()).collect();
+        let mut waits = Vec::new();
+        for p in &peers {
+            let (done, rx) = oneshot::channel();
+            if p.ctl.send(Ctl::Shutdown { deadline, done }).is_ok() {
+                waits.push(rx);
+            }
+        }
+        let mut closed = 0;
+        for w in waits {
+            // A driver always answers: its wait is bounded by the deadline.
+            if w.await.is_ok() {
+                closed += 1;
+            }
+        }
+        self.shared.transport.close();
+        ShutdownReport {
+            peers_closed: closed,
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            r = shared.transport.accept() => r,
+            () = shared.stop.notified() => return,
+        };
+        match accepted {
+            Ok(conn) => shared.on_inbound(conn),
+            Err(e) if e.is_endpoint_closed() => return,
+            Err(e) => {
+                shared.sink.error(error_kind(&NetError::Transport(e)));
+            }
+        }
+    }
+}
+
+async fn cleanup_loop(shared: Arc<Shared>) {
+    loop {
+        let next = shared.pool.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            () = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                for (peer, handle) in shared.pool.handle_timeout(Instant::now().into_std()) {
+                    match shared.peers.get(&peer) {
+                        Some(p) => { let _ = p.ctl.send(Ctl::Expire(handle.0)); }
+                        None => handle.0.close(CloseCode::Expired),
+                    }
+                }
+            }
+            () = shared.pool_changed.notified() => {}
+            () = shared.stop.notified() => return,
+        }
+    }
+}

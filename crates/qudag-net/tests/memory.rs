@@ -1,0 +1,501 @@
+//! The manager's behaviour over the in-memory transport, with faults and
+//! paused time: exchange, the delivery contract under failures, pooling,
+//! limits, simultaneous dials, expiry, unresponsive peers and shutdown.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use qudag_net::{
+    ConnState, ConnectionManager, Event, Events, FlushPolicy, Incoming, ManagerConfig,
+    MemoryNetwork, MemoryTransport, NetError, PeerAddr, PeerId, SendError, Transport,
+    UndeliveredReason,
+};
+
+struct Node {
+    mgr: ConnectionManager,
+    incoming: Incoming,
+    events: Events,
+    addr: PeerAddr,
+}
+
+fn node_with(net: &MemoryNetwork, name: &str, config: ManagerConfig) -> Node {
+    let t = Arc::new(net.bind(PeerId::from_public_key(name.as_bytes())));
+    node_on(t, config)
+}
+
+fn node_on(t: Arc<MemoryTransport>, config: ManagerConfig) -> Node {
+    let addr = PeerAddr::new(t.local_peer(), t.local_addr());
+    let mgr = ConnectionManager::new(config, t);
+    Node {
+        incoming: mgr.incoming().unwrap(),
+        events: mgr.events().unwrap(),
+        mgr,
+        addr,
+    }
+}
+
+fn node(net: &MemoryNetwork, name: &str) -> Node {
+    node_with(net, name, ManagerConfig::default())
+}
+
+fn msg(i: u32) -> Bytes {
+    Bytes::from(format!("message-{i:08}"))
+}
+
+fn index(m: &[u8]) -> u32 {
+    std::str::from_utf8(&m[8..]).unwrap().parse().unwrap()
+}
+
+/// Receives `n` messages, asserting they come from `from`.
+async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (peer, m) = incoming.recv().await.expect("manager alive");
+        assert_eq!(peer, from);
+        out.push(m);
+    }
+    out
+}
+
+/// Every message handed back so far (events already queued).
+fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredReason)> {
+    let mut out = Vec::new();
+    while let Some(ev) = events.try_recv() {
+        if let Event::Undelivered {
+            messages,
+            maybe_delivered,
+            reason,
+            ..
+        } = ev
+        {
+            out.extend(messages.into_iter().map(|m| (m, maybe_delivered, reason)));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn exchange_in_both_directions_in_order() {
+    let net = MemoryNetwork::new();
+    let mut a = node(&net, "a");
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+
+    let n = 1000;
+    let send_a = async {
+        for i in 0..n {
+            a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+        }
+    };
+    let send_b = async {
+        // b learns a from the inbound connection: no connect needed.
+        while b.mgr.status(&a.addr.peer) != Some(ConnState::Connected) {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..n {
+            b.mgr.send(&a.addr.peer, msg(i)).await.unwrap();
+        }
+    };
+    let (got_b, got_a, (), ()) = tokio::join!(
+        recv_n(&mut b.incoming, a.addr.peer, n as usize),
+        recv_n(&mut a.incoming, b.addr.peer, n as usize),
+        send_a,
+        send_b
+    );
+    for got in [got_a, got_b] {
+        let idx: Vec<u32> = got.iter().map(|m| index(m)).collect();
+        assert_eq!(idx, (0..n).collect::<Vec<_>>(), "in order, exactly once");
+    }
+    assert_eq!(
+        net.live_connections(),
+        1,
+        "one connection serves both directions"
+    );
+    a.mgr.shutdown(Duration::from_secs(5)).await;
+    b.mgr.shutdown(Duration::from_secs(5)).await;
+    assert!(handed_back(&mut a.events).is_empty());
+    assert!(handed_back(&mut b.events).is_empty());
+    let snap = a.mgr.metrics_snapshot();
+    assert_eq!(snap.messages_acked, u64::from(n));
+    assert_eq!(snap.messages_received, u64::from(n));
+}
+
+#[tokio::test]
+async fn send_errors_are_typed_and_hand_the_message_back() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.batch_mut().max_message_len(100);
+    let a = node_with(&net, "a", config);
+    let b = node(&net, "b");
+    let stranger = PeerId::from_public_key(b"stranger");
+    match a.mgr.send(&stranger, msg(1)).await {
+        Err(SendError::UnknownPeer { peer, msg: m }) => {
+            assert_eq!(peer, stranger);
+            assert_eq!(m, msg(1));
+        }
+        other => panic!("expected UnknownPeer, got {other:?}"),
+    }
+    a.mgr.connect(b.addr).await.unwrap();
+    let big = Bytes::from(vec![0u8; 101]);
+    match a.mgr.try_send(&b.addr.peer, big.clone()) {
+        Err(SendError::TooLarge {
+            len: 101,
+            max: 100,
+            msg,
+        }) => assert_eq!(msg, big),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    assert!(matches!(
+        a.mgr.send(&b.addr.peer, msg(2)).await,
+        Err(SendError::Shutdown { .. })
+    ));
+    assert!(matches!(
+        a.mgr.connect(b.addr).await,
+        Err(NetError::Shutdown)
+    ));
+}
+
+#[tokio::test]
+async fn dial_errors_are_typed() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, "a");
+    let b = node(&net, "b");
+    let wrong = PeerAddr::new(PeerId::from_public_key(b"someone else"), b.addr.addr);
+    match a.mgr.connect(wrong).await {
+        Err(NetError::Transport(qudag_net::TransportError::PeerIdMismatch {
+            expected,
+            actual,
+        })) => {
+            assert_eq!((expected, actual), (wrong.peer, b.addr.peer));
+        }
+        other => panic!("expected PeerIdMismatch, got {other:?}"),
+    }
+    assert_eq!(a.mgr.status(&wrong.peer), Some(ConnState::Failed));
+    // A failed peer backs off: an immediate retry is refused with the instant to wait for.
+    assert!(matches!(
+        a.mgr.connect(wrong).await,
+        Err(NetError::Backoff { .. })
+    ));
+    assert_eq!(
+        a.mgr.open_connections(),
+        0,
+        "failed dials give their slot back"
+    );
+}
+
+#[tokio::test]
+async fn try_send_reports_full_when_the_queue_is_full() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.queue_capacity(4);
+    let a = node_with(&net, "a", config);
+    let b = node(&net, "b");
+    // b is known (its address), but the link is cut: nothing drains the queue
+    // beyond the one message the driver takes to start a dial.
+    a.mgr.connect(b.addr).await.unwrap();
+    net.cut(a.addr.peer, b.addr.peer);
+    let mut full = 0;
+    for i in 0..64 {
+        if let Err(SendError::Full { msg: m, .. }) = a.mgr.try_send(&b.addr.peer, msg(i)) {
+            assert_eq!(m, msg(i));
+            full += 1;
+        }
+    }
+    assert!(full > 0, "a bounded queue must refuse some of 64 messages");
+    a.mgr.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_dropped_mid_stream_every_message_is_acked_or_handed_back() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.max_redials(0);
+    let mut a = node_with(&net, "a", config);
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    let n: u32 = 5000;
+    let mut received = Vec::new();
+    for i in 0..n {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+        if i == n / 2 {
+            // Let some traffic through, then drop the connection under it.
+            received.extend(recv_n(&mut b.incoming, a.addr.peer, 100).await);
+            net.drop_connections(a.addr.peer, b.addr.peer);
+        }
+    }
+    // a keeps redialing with backoff would reconnect; with max_redials(0) it hands back.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some((_, m)) = b.incoming.recv().await {
+            received.push(m);
+        }
+    })
+    .await;
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    let back = handed_back(&mut a.events);
+    let acked = a.mgr.metrics_snapshot().messages_acked;
+    assert_eq!(
+        acked + back.len() as u64,
+        u64::from(n),
+        "acknowledged + handed back == accepted, exactly"
+    );
+    // Received messages are a duplicate-free, in-order subset; every acked one was received.
+    let got: Vec<u32> = received.iter().map(|m| index(m)).collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    assert!(got.len() as u64 >= acked);
+    let back_idx: HashSet<u32> = back.iter().map(|(m, _, _)| index(m)).collect();
+    for (m, maybe, _) in &back {
+        if !maybe {
+            assert!(
+                !got.contains(&index(m)),
+                "a message handed back as not delivered was delivered"
+            );
+        }
+    }
+    for i in &got {
+        let acked_or_maybe =
+            back.iter().any(|(m, maybe, _)| index(m) == *i && *maybe) || !back_idx.contains(i);
+        assert!(acked_or_maybe);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnects_with_backoff_after_a_cut_link_heals() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.max_redials(50);
+    let mut a = node_with(&net, "a", config);
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.send(&b.addr.peer, msg(0)).await.unwrap();
+    recv_n(&mut b.incoming, a.addr.peer, 1).await;
+
+    net.cut(a.addr.peer, b.addr.peer);
+    for i in 1..=10 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    // Redials fail while the link is cut; time passes (paused clock).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+    let failures = a.mgr.metrics_snapshot().errors.total();
+    assert!(
+        failures >= 2,
+        "several redials were tried and failed: {failures}"
+    );
+    net.heal(a.addr.peer, b.addr.peer);
+
+    let got = tokio::time::timeout(
+        Duration::from_secs(120),
+        recv_n(&mut b.incoming, a.addr.peer, 10),
+    )
+    .await
+    .expect("messages arrive after the heal");
+    let idx: Vec<u32> = got.iter().map(|m| index(m)).collect();
+    assert_eq!(idx, (1..=10).collect::<Vec<_>>());
+    assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+    assert!(
+        handed_back(&mut a.events).is_empty(),
+        "nothing was written before the cut was noticed"
+    );
+}
+
+#[tokio::test]
+async fn pooled_reuse_does_not_dial() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, "a");
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Disconnected));
+    assert_eq!(a.mgr.pooled_connections(), 1);
+    // Any dial would now be refused: a successful connect proves reuse.
+    net.refuse_next_dials(b.addr.peer, 100);
+    a.mgr.connect(b.addr).await.unwrap();
+    assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+    assert_eq!(a.mgr.pooled_connections(), 0);
+    assert_eq!(net.live_connections(), 1);
+    // Sending to a disconnected (pooled) peer reuses it too.
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    a.mgr.send(&b.addr.peer, msg(7)).await.unwrap();
+    let got = recv_n(&mut b.incoming, a.addr.peer, 1).await;
+    assert_eq!(got, vec![msg(7)]);
+    assert_eq!(net.live_connections(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pooled_connection_expires_after_the_pool_timeout() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.pool_mut().idle_timeout(Duration::from_secs(300));
+    let a = node_with(&net, "a", config);
+    let b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    assert_eq!(net.live_connections(), 1, "still pooled before the timeout");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The cleanup task closed it; give the drivers a turn to observe it.
+    for _ in 0..100 {
+        if net.live_connections() == 0 && a.mgr.open_connections() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(net.live_connections(), 0);
+    assert_eq!(a.mgr.pooled_connections(), 0);
+    assert_eq!(a.mgr.open_connections(), 0, "the slot came back");
+    // A new connect dials again.
+    a.mgr.connect(b.addr).await.unwrap();
+    assert_eq!(net.live_connections(), 1);
+}
+
+#[tokio::test]
+async fn connection_limit_is_typed_and_evicts_idle_pooled_first() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.pool_mut().max_connections(1);
+    let a = node_with(&net, "a", config);
+    let b = node(&net, "b");
+    let c = node(&net, "c");
+    a.mgr.connect(b.addr).await.unwrap();
+    match a.mgr.connect(c.addr).await {
+        Err(NetError::Limit(qudag_pool::LimitError::Connections { max: 1 })) => {}
+        other => panic!("expected the connection limit, got {other:?}"),
+    }
+    assert_eq!(a.mgr.open_connections(), 1);
+    // Once b is idle in the pool, it is evicted to make room for c.
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    a.mgr.connect(c.addr).await.unwrap();
+    assert_eq!(a.mgr.open_connections(), 1);
+    assert_eq!(a.mgr.pooled_connections(), 0);
+    assert_eq!(a.mgr.status(&c.addr.peer), Some(ConnState::Connected));
+}
+
+#[tokio::test]
+async fn simultaneous_dial_leaves_one_connection_on_each_side() {
+    for round in 0..20 {
+        let net = MemoryNetwork::new();
+        let a = node(&net, &format!("a{round}"));
+        let b = node(&net, &format!("b{round}"));
+        let (ra, rb) = tokio::join!(a.mgr.connect(b.addr), b.mgr.connect(a.addr));
+        ra.unwrap();
+        rb.unwrap();
+        // Let both sides settle the duplicate.
+        for _ in 0..200 {
+            if net.live_connections() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(net.live_connections(), 1, "round {round}");
+        assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+        assert_eq!(b.mgr.status(&a.addr.peer), Some(ConnState::Connected));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unresponsive_peer_is_closed_and_messages_handed_back() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
+    let mut a = node_with(&net, "a", config);
+    let mut bcfg = ManagerConfig::default();
+    bcfg.incoming_capacity(1);
+    let b = node_with(&net, "b", bcfg);
+    // b's application never reads: b's reader blocks, so b stops acknowledging.
+    a.mgr.connect(b.addr).await.unwrap();
+    let n = 2000u32;
+    let mut accepted = 0u64;
+    for i in 0..n {
+        if a.mgr.try_send(&b.addr.peer, msg(i)).is_ok() {
+            accepted += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut unresponsive = false;
+    let mut back = 0u64;
+    while let Some(ev) = a.events.try_recv() {
+        if let Event::Undelivered {
+            messages, reason, ..
+        } = ev
+        {
+            unresponsive |= reason == UndeliveredReason::Unresponsive;
+            back += messages.len() as u64;
+        }
+    }
+    assert!(unresponsive, "the ack timeout closed the connection");
+    a.mgr.shutdown(Duration::from_millis(100)).await;
+    back += handed_back(&mut a.events).len() as u64;
+    let acked = a.mgr.metrics_snapshot().messages_acked;
+    assert_eq!(acked + back, accepted);
+    drop(b);
+}
+
+#[tokio::test]
+async fn shutdown_with_messages_in_flight_accounts_for_every_message() {
+    let net = MemoryNetwork::new();
+    let mut a = node(&net, "a");
+    let mut bcfg = ManagerConfig::default();
+    bcfg.incoming_capacity(2);
+    let mut b = node_with(&net, "b", bcfg);
+    a.mgr.connect(b.addr).await.unwrap();
+    let n = 3000u32;
+    let mut accepted = 0u64;
+    for i in 0..n {
+        if a.mgr.try_send(&b.addr.peer, msg(i)).is_ok() {
+            accepted += 1;
+        }
+    }
+    // b reads only a little; a's shutdown cannot wait for everything.
+    let got = recv_n(&mut b.incoming, a.addr.peer, 10).await;
+    assert_eq!(got.len(), 10);
+    a.mgr.shutdown(Duration::from_millis(200)).await;
+    let back = handed_back(&mut a.events);
+    assert!(back
+        .iter()
+        .all(|(_, _, r)| *r == UndeliveredReason::Shutdown));
+    let acked = a.mgr.metrics_snapshot().messages_acked;
+    assert_eq!(acked + back.len() as u64, accepted);
+    assert!(!back.is_empty(), "b could not take everything in time");
+    assert_eq!(net.live_connections(), 0, "shutdown closed the connection");
+    assert_eq!(
+        a.mgr.metrics_snapshot().memory_bytes,
+        0,
+        "nothing held after shutdown"
+    );
+    b.mgr.shutdown(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn fixed_policy_also_delivers_everything() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config
+        .batch_mut()
+        .policy(FlushPolicy::Fixed)
+        .max_delay(Duration::from_millis(1));
+    let a = node_with(&net, "a", config);
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    for i in 0..300 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    let got = recv_n(&mut b.incoming, a.addr.peer, 300).await;
+    assert_eq!(
+        got.iter().map(|m| index(m)).collect::<Vec<_>>(),
+        (0..300).collect::<Vec<_>>()
+    );
+    let snap = a.mgr.metrics_snapshot();
+    assert!(
+        snap.batches_sent >= 3,
+        "128-message batches: {}",
+        snap.batches_sent
+    );
+}
