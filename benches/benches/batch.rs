@@ -6,7 +6,7 @@
 //! - `encode_full_batch`: [`encode_batch_frame`] of 128 × 128-byte messages,
 //!   against one `memcpy` of the same payload bytes into a `BytesMut`.
 //! - `decode_body`: [`decode_body`] of that batch's body, against the same
-//!   `memcpy` baseline.
+//!   `memcpy` baseline and against copying each message into its own `Vec`.
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,19 @@ fn codec(c: &mut Criterion) {
             out.clear();
             out.extend_from_slice(black_box(&body));
             black_box(&out);
+        })
+    });
+    // what a copying decoder would do: one Vec per message (offsets known)
+    group.bench_function("baseline_copy_each", |b| {
+        b.iter(|| {
+            let body = black_box(&body[..]);
+            let mut pos = 4;
+            let mut msgs = Vec::with_capacity(BATCH);
+            for _ in 0..BATCH {
+                msgs.push(body[pos + 4..pos + 4 + MSG_LEN].to_vec());
+                pos += 4 + MSG_LEN;
+            }
+            msgs
         })
     });
     group.finish();
