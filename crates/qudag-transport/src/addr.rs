@@ -73,10 +73,19 @@ mod tests {
 
     #[test]
     fn parse_errors_are_typed() {
-        assert_eq!("abc".parse::<PeerAddr>(), Err(ParsePeerAddrError::MissingAt));
-        assert!(matches!("x@1.2.3.4:5".parse::<PeerAddr>(), Err(ParsePeerAddrError::PeerId(_))));
+        assert_eq!(
+            "abc".parse::<PeerAddr>(),
+            Err(ParsePeerAddrError::MissingAt)
+        );
+        assert!(matches!(
+            "x@1.2.3.4:5".parse::<PeerAddr>(),
+            Err(ParsePeerAddrError::PeerId(_))
+        ));
         let bad = format!("{}@nowhere", "0".repeat(64));
-        assert_eq!(bad.parse::<PeerAddr>(), Err(ParsePeerAddrError::Addr("nowhere".into())));
+        assert_eq!(
+            bad.parse::<PeerAddr>(),
+            Err(ParsePeerAddrError::Addr("nowhere".into()))
+        );
     }
 
     #[test]

@@ -110,14 +110,22 @@ impl MemoryNetwork {
 
     /// Binds a new endpoint for `peer` at a fresh address.
     pub fn bind(&self, peer: PeerId) -> MemoryTransport {
-        let port = self.inner.next_port.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let port = self
+            .inner
+            .next_port
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         self.bind_at(peer, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
             .expect("fresh port is free")
     }
 
     /// Binds a new endpoint for `peer` at `addr` (for example to come back on
     /// the address a stopped endpoint had). Fails if the address is taken.
-    pub fn bind_at(&self, peer: PeerId, addr: SocketAddr) -> Result<MemoryTransport, TransportError> {
+    pub fn bind_at(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+    ) -> Result<MemoryTransport, TransportError> {
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let ep = Arc::new(Endpoint {
             peer,
@@ -284,7 +292,14 @@ impl Transport for MemoryTransport {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
             self.check_closed()?;
-            if self.net.inner.faults.lock().cut.contains(&pair(self.ep.peer, to.peer)) {
+            if self
+                .net
+                .inner
+                .faults
+                .lock()
+                .cut
+                .contains(&pair(self.ep.peer, to.peer))
+            {
                 return Err(unreachable("link cut"));
             }
         }
@@ -355,7 +370,13 @@ impl Transport for MemoryTransport {
             return;
         }
         self.net.inner.endpoints.lock().remove(&self.ep.addr);
-        let links: Vec<_> = self.ep.links.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        let links: Vec<_> = self
+            .ep
+            .links
+            .lock()
+            .drain(..)
+            .filter_map(|w| w.upgrade())
+            .collect();
         for link in links {
             let by = if link.dialer == self.ep.peer && link.dialer_addr == self.ep.addr {
                 Side::Dialer
@@ -438,7 +459,10 @@ impl Link {
             }
             let msg = match &ending {
                 Ending::Closed { code, reason, .. } => {
-                    format!("connection closed (code {code}: {})", String::from_utf8_lossy(reason))
+                    format!(
+                        "connection closed (code {code}: {})",
+                        String::from_utf8_lossy(reason)
+                    )
                 }
                 Ending::Lost(why) => format!("connection lost: {why}"),
             };
@@ -454,8 +478,12 @@ impl Link {
     fn reason_for(&self, side: Side) -> Option<CloseReason> {
         let st = self.state.lock();
         Some(match st.ending.as_ref()? {
-            Ending::Closed { by, endpoint: true, .. } if *by == side => CloseReason::EndpointClosed,
-            Ending::Closed { by, code, reason, .. } if *by == side => CloseReason::Local {
+            Ending::Closed {
+                by, endpoint: true, ..
+            } if *by == side => CloseReason::EndpointClosed,
+            Ending::Closed {
+                by, code, reason, ..
+            } if *by == side => CloseReason::Local {
                 code: *code,
                 reason: reason.clone(),
             },
@@ -653,7 +681,11 @@ fn closed_err(msg: &str) -> io::Error {
 }
 
 impl AsyncWrite for PipeWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let pipe = &self.0;
         let mut st = pipe.state.lock();
         if let Some(msg) = &st.failed {
@@ -722,7 +754,11 @@ impl Drop for PipeWriter {
 }
 
 impl AsyncRead for PipeReader {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut st = self.0.state.lock();
         if let Some(msg) = &st.failed {
             return Poll::Ready(Err(closed_err(msg)));
