@@ -59,6 +59,11 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+/// The README's example, compiled as a doctest so it cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod config;
 mod driver;
 mod error;
