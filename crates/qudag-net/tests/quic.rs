@@ -1,0 +1,219 @@
+//! The manager over QUIC on 127.0.0.1: the scenarios of `memory.rs` that do
+//! not need fault injection, on the real transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use qudag_net::{
+    ConnState, ConnectionManager, Event, Events, Identity, Incoming, ManagerConfig, NetError,
+    PeerAddr, PeerId, QuicConfig, QuicTransport, Transport, TransportError, UndeliveredReason,
+};
+
+struct Node {
+    mgr: ConnectionManager,
+    incoming: Incoming,
+    events: Events,
+    addr: PeerAddr,
+}
+
+fn quic_node(config: ManagerConfig) -> Node {
+    let id = Identity::generate().unwrap();
+    let t =
+        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &id, QuicConfig::default()).unwrap();
+    let addr = PeerAddr::new(t.local_peer(), t.local_addr());
+    let mgr = ConnectionManager::new(config, Arc::new(t));
+    Node {
+        incoming: mgr.incoming().unwrap(),
+        events: mgr.events().unwrap(),
+        mgr,
+        addr,
+    }
+}
+
+fn msg(i: u32) -> Bytes {
+    Bytes::from(format!("message-{i:08}"))
+}
+
+fn index(m: &[u8]) -> u32 {
+    std::str::from_utf8(&m[8..]).unwrap().parse().unwrap()
+}
+
+async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(n);
+    let guard = tokio::time::timeout(Duration::from_secs(60), async {
+        while out.len() < n {
+            let (peer, m) = incoming.recv().await.expect("manager alive");
+            assert_eq!(peer, from);
+            out.push(m);
+        }
+    })
+    .await;
+    assert!(guard.is_ok(), "received only {} of {n} messages", out.len());
+    out
+}
+
+fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredReason)> {
+    let mut out = Vec::new();
+    while let Some(ev) = events.try_recv() {
+        if let Event::Undelivered {
+            messages,
+            maybe_delivered,
+            reason,
+            ..
+        } = ev
+        {
+            out.extend(messages.into_iter().map(|m| (m, maybe_delivered, reason)));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_in_both_directions_over_quic() {
+    let mut a = quic_node(ManagerConfig::default());
+    let mut b = quic_node(ManagerConfig::default());
+    a.mgr.connect(b.addr).await.unwrap();
+    let n = 20_000u32;
+    let (a_mgr, b_mgr) = (a.mgr.clone(), b.mgr.clone());
+    let (a_id, b_id) = (a.addr.peer, b.addr.peer);
+    let send_a = tokio::spawn(async move {
+        for i in 0..n {
+            a_mgr.send(&b_id, msg(i)).await.unwrap();
+        }
+    });
+    let got_b = recv_n(&mut b.incoming, a_id, n as usize).await;
+    // b replies on the connection a dialed.
+    assert_eq!(b.mgr.status(&a_id), Some(ConnState::Connected));
+    let send_b = tokio::spawn(async move {
+        for i in 0..n {
+            b_mgr.send(&a_id, msg(i)).await.unwrap();
+        }
+    });
+    let got_a = recv_n(&mut a.incoming, b_id, n as usize).await;
+    send_a.await.unwrap();
+    send_b.await.unwrap();
+    for got in [got_a, got_b] {
+        assert!(
+            got.iter().map(|m| index(m)).eq(0..n),
+            "in order, exactly once"
+        );
+    }
+    a.mgr.shutdown(Duration::from_secs(5)).await;
+    b.mgr.shutdown(Duration::from_secs(5)).await;
+    assert!(handed_back(&mut a.events).is_empty());
+    assert!(handed_back(&mut b.events).is_empty());
+    let snap = a.mgr.metrics_snapshot();
+    assert_eq!(snap.messages_acked, u64::from(n));
+    assert!(snap.batches_sent < u64::from(n), "messages were batched");
+    assert_eq!(snap.memory_bytes, 0);
+}
+
+#[tokio::test]
+async fn wrong_peer_id_is_refused_before_any_message() {
+    let a = quic_node(ManagerConfig::default());
+    let mut b = quic_node(ManagerConfig::default());
+    let impostor = PeerAddr::new(PeerId::from_public_key(b"not b"), b.addr.addr);
+    match a.mgr.connect(impostor).await {
+        Err(NetError::Transport(TransportError::PeerIdMismatch { expected, actual })) => {
+            assert_eq!((expected, actual), (impostor.peer, b.addr.peer));
+        }
+        other => panic!("expected PeerIdMismatch, got {other:?}"),
+    }
+    assert!(b.incoming.try_recv().is_none());
+    assert_eq!(a.mgr.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn pooled_reuse_does_not_dial_over_quic() {
+    let a = quic_node(ManagerConfig::default());
+    let mut b = quic_node(ManagerConfig::default());
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.send(&b.addr.peer, msg(1)).await.unwrap();
+    recv_n(&mut b.incoming, a.addr.peer, 1).await;
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    assert_eq!(a.mgr.pooled_connections(), 1);
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.send(&b.addr.peer, msg(2)).await.unwrap();
+    recv_n(&mut b.incoming, a.addr.peer, 1).await;
+    // b accepted exactly one connection: it entered Connected once.
+    let b_connected = b
+        .mgr
+        .metrics_snapshot()
+        .state_entries
+        .get(qudag_metrics::ConnState::Connected);
+    assert_eq!(b_connected, 1);
+    assert_eq!(a.mgr.open_connections(), 1);
+    assert_eq!(a.mgr.pooled_connections(), 0);
+}
+
+#[tokio::test]
+async fn connection_limit_is_typed_over_quic() {
+    let mut config = ManagerConfig::default();
+    config.pool_mut().max_connections(1);
+    let a = quic_node(config);
+    let b = quic_node(ManagerConfig::default());
+    let c = quic_node(ManagerConfig::default());
+    a.mgr.connect(b.addr).await.unwrap();
+    assert!(matches!(
+        a.mgr.connect(c.addr).await,
+        Err(NetError::Limit(_))
+    ));
+    assert_eq!(a.mgr.open_connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_gone_mid_stream_every_message_is_acked_or_handed_back() {
+    let mut config = ManagerConfig::default();
+    config
+        .max_redials(1)
+        .connect_timeout(Duration::from_secs(2));
+    let mut a = quic_node(config);
+    let mut b = quic_node(ManagerConfig::default());
+    a.mgr.connect(b.addr).await.unwrap();
+    let n = 20_000u32;
+    let mut accepted = 0u64;
+    for i in 0..n {
+        if a.mgr.send(&b.addr.peer, msg(i)).await.is_ok() {
+            accepted += 1;
+        }
+        if i == 2_000 {
+            let got = recv_n(&mut b.incoming, a.addr.peer, 1_000).await;
+            assert_eq!(got.len(), 1_000);
+            // b goes away at once: no grace, its endpoint closes.
+            b.mgr.shutdown(Duration::ZERO).await;
+        }
+    }
+    a.mgr.shutdown(Duration::from_secs(2)).await;
+    let back = handed_back(&mut a.events);
+    let acked = a.mgr.metrics_snapshot().messages_acked;
+    assert_eq!(
+        acked + back.len() as u64,
+        accepted,
+        "acked + handed back == accepted"
+    );
+    assert!(!back.is_empty());
+    assert_ne!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_messages_in_flight_over_quic() {
+    let mut a = quic_node(ManagerConfig::default());
+    let mut bcfg = ManagerConfig::default();
+    bcfg.incoming_capacity(1);
+    let mut b = quic_node(bcfg);
+    a.mgr.connect(b.addr).await.unwrap();
+    let mut accepted = 0u64;
+    for i in 0..50_000u32 {
+        if a.mgr.try_send(&b.addr.peer, msg(i)).is_ok() {
+            accepted += 1;
+        }
+    }
+    recv_n(&mut b.incoming, a.addr.peer, 10).await;
+    a.mgr.shutdown(Duration::from_millis(300)).await;
+    let back = handed_back(&mut a.events);
+    let acked = a.mgr.metrics_snapshot().messages_acked;
+    assert_eq!(acked + back.len() as u64, accepted);
+    assert_eq!(a.mgr.metrics_snapshot().memory_bytes, 0);
+    b.mgr.shutdown(Duration::ZERO).await;
+}
