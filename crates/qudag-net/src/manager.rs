@@ -422,6 +422,10 @@ async fn accept_loop(shared: Arc<Shared>) {
 }
 
 async fn cleanup_loop(shared: Arc<Shared>) {
+    // Samples for the messages-per-second window, a few per window.
+    let period = (shared.metrics.rate_window() / 8).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = shared.pool.poll_timeout().map(Instant::from_std);
         tokio::select! {
@@ -439,6 +443,7 @@ async fn cleanup_loop(shared: Arc<Shared>) {
                 }
             }
             () = shared.pool_changed.notified() => {}
+            _ = tick.tick() => shared.metrics.tick(Instant::now().into_std()),
             () = shared.stop.notified() => return,
         }
     }
