@@ -727,6 +727,16 @@ impl Driver {
     }
 }
 
+/// Why a write failed: the connection's close reason, once it has one.
+fn write_failed(s: &Session) -> SessionEnd {
+    SessionEnd::Closed(
+        s.handle
+            .conn
+            .close_reason()
+            .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
+    )
+}
+
 pub(crate) fn map_state(s: ConnState) -> qudag_metrics::ConnState {
     match s {
         ConnState::New => qudag_metrics::ConnState::New,
