@@ -482,12 +482,7 @@ impl Driver {
         });
         let s = self.session.as_mut().expect("still there");
         if s.writer.write_all(&s.buf).await.is_err() {
-            return Err(SessionEnd::Closed(
-                s.handle
-                    .conn
-                    .close_reason()
-                    .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
-            ));
+            return Err(write_failed(s));
         }
         self.shared.sink.batch_flushed(n, wire);
         Ok(())
@@ -509,12 +504,7 @@ impl Driver {
         let mut frame = bytes::BytesMut::with_capacity(16);
         encode_ack_frame(next, &mut frame);
         if s.writer.write_all(&frame).await.is_err() {
-            return Err(SessionEnd::Closed(
-                s.handle
-                    .conn
-                    .close_reason()
-                    .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
-            ));
+            return Err(write_failed(s));
         }
         Ok(())
     }
