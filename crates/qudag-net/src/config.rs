@@ -35,6 +35,7 @@ pub struct ManagerConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) ack_timeout: Duration,
     pub(crate) max_redials: u32,
+    pub(crate) peer_idle_timeout: Duration,
     pub(crate) sinks: Vec<Arc<dyn MetricsSink>>,
 }
 
@@ -52,6 +53,7 @@ impl Default for ManagerConfig {
             connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(15),
             max_redials: 5,
+            peer_idle_timeout: Duration::from_secs(300),
             sinks: Vec::new(),
         }
     }
@@ -69,6 +71,7 @@ impl fmt::Debug for ManagerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
             .field("max_redials", &self.max_redials)
+            .field("peer_idle_timeout", &self.peer_idle_timeout)
             .field("sinks", &self.sinks.len())
             .finish()
     }
@@ -145,6 +148,16 @@ impl ManagerConfig {
     /// before the waiting messages are handed back. Default: 5.
     pub fn max_redials(&mut self, n: u32) -> &mut Self {
         self.max_redials = n;
+        self
+    }
+
+    /// A peer with no connection and nothing queued for this long is
+    /// forgotten: its task ends and its backoff state is dropped, so peers
+    /// seen once do not cost memory forever. Peers the application
+    /// [`connect`](crate::ConnectionManager::connect)ed to keep their address,
+    /// and `send` to them starts a new task. Default: 300 s.
+    pub fn peer_idle_timeout(&mut self, d: Duration) -> &mut Self {
+        self.peer_idle_timeout = d;
         self
     }
 

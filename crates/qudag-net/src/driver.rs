@@ -77,6 +77,8 @@ pub(crate) struct Driver {
     unacked: VecDeque<Unacked>,
     redials: u32,
     next_redial: Option<Instant>,
+    /// Since when the driver has had nothing to do (no session, nothing queued).
+    quiet_since: Option<Instant>,
 }
 
 fn std_now() -> std::time::Instant {
@@ -120,6 +122,7 @@ impl Driver {
             unacked: VecDeque::new(),
             redials: 0,
             next_redial: None,
+            quiet_since: None,
         };
         tokio::spawn(driver.run());
         peer
@@ -146,6 +149,15 @@ impl Driver {
             // Without a session, pull one message to learn that there is demand.
             let pull_for_demand =
                 !writable && self.next_redial.is_none() && self.batcher.pending_messages() == 0;
+            // A driver with nothing to do for a while retires (see `retire`).
+            if !pull_for_demand {
+                self.quiet_since = None;
+            } else if self.quiet_since.is_none() {
+                self.quiet_since = Some(Instant::now());
+            }
+            let retire_at = self
+                .quiet_since
+                .map(|t| t + self.shared.config.peer_idle_timeout);
             tokio::select! {
                 biased;
                 ctl = self.ctl.recv() => match ctl {
@@ -177,7 +189,50 @@ impl Driver {
                     self.next_redial = None;
                     self.demand().await;
                 }
+                () = sleep_until(retire_at) => {
+                    self.retire();
+                    return;
+                }
             }
+        }
+    }
+
+    /// Leaves the manager's peer table so that peers seen once do not keep a
+    /// task forever. Work that raced with the retirement (a message or a
+    /// command sent to this driver after the table lookup) moves to a fresh
+    /// driver, so nothing accepted is lost.
+    fn retire(&mut self) {
+        let id = self.peer.id;
+        let me = &self.peer;
+        self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
+        self.rx.close();
+        self.ctl.close();
+        self.shared.backoff.forget(&id);
+        let mut late = Vec::new();
+        while let Ok(env) = self.rx.try_recv() {
+            late.push(env);
+        }
+        let mut late_ctl = Vec::new();
+        while let Ok(ctl) = self.ctl.try_recv() {
+            late_ctl.push(ctl);
+        }
+        tracing::debug!(peer = %id, late = late.len() + late_ctl.len(), "idle peer driver retires");
+        if late.is_empty() && late_ctl.is_empty() {
+            return;
+        }
+        let addr = *self.peer.addr.lock();
+        let next = self.shared.peer(id, addr);
+        for env in late {
+            if let Err(e) = next.tx.try_send(env) {
+                let env = match e {
+                    mpsc::error::TrySendError::Full(env)
+                    | mpsc::error::TrySendError::Closed(env) => env,
+                };
+                self.hand_back(vec![env], UndeliveredReason::Unreachable, false);
+            }
+        }
+        for ctl in late_ctl {
+            let _ = next.ctl.send(ctl);
         }
     }
 

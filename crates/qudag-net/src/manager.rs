@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: ManagerConfig,
     pub(crate) peers: DashMap<PeerId, Arc<Peer>>,
+    /// Addresses the application connected to; they outlive retired drivers.
+    addrs: DashMap<PeerId, SocketAddr>,
     pub(crate) pool: Pool<Pooled>,
     pub(crate) limiter: Limiter,
     pub(crate) backoff: Backoff,
@@ -66,7 +68,8 @@ impl Shared {
         }
     }
 
-    fn peer(self: &Arc<Self>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+    pub(crate) fn peer(self: &Arc<Self>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+        let addr = addr.or_else(|| self.addrs.get(&id).map(|a| *a));
         if let Some(p) = self.peers.get(&id) {
             if let Some(a) = addr {
                 let mut known = p.addr.lock();
@@ -197,6 +200,7 @@ impl ConnectionManager {
             transport,
             config,
             peers: DashMap::new(),
+            addrs: DashMap::new(),
             metrics,
             sink: sink.clone(),
             incoming_tx,
@@ -235,6 +239,7 @@ impl ConnectionManager {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(NetError::Shutdown);
         }
+        self.shared.addrs.insert(to.peer, to.addr);
         let peer = self.shared.peer(to.peer, Some(to.addr));
         *peer.addr.lock() = Some(to.addr);
         let (tx, rx) = oneshot::channel();
@@ -248,7 +253,14 @@ impl ConnectionManager {
     /// by the next `connect` or `send` within the pool timeout, after which
     /// the cleanup task closes it. Messages already queued are still sent.
     pub async fn disconnect(&self, peer: &PeerId) -> Result<(), NetError> {
-        let p = self.known(peer).ok_or(NetError::UnknownPeer(*peer))?;
+        let Some(p) = self.known(peer) else {
+            // A retired driver has no connection: nothing to disconnect.
+            return if self.shared.addrs.contains_key(peer) {
+                Ok(())
+            } else {
+                Err(NetError::UnknownPeer(*peer))
+            };
+        };
         let (tx, rx) = oneshot::channel();
         p.ctl
             .send(Ctl::Disconnect(tx))
@@ -258,6 +270,15 @@ impl ConnectionManager {
 
     fn known(&self, peer: &PeerId) -> Option<Arc<Peer>> {
         self.shared.peers.get(peer).map(|p| p.clone())
+    }
+
+    /// The peer's driver, started again if it retired while idle and the
+    /// application had connected to the peer (its address is remembered).
+    fn driver_for(&self, peer: &PeerId) -> Option<Arc<Peer>> {
+        self.known(peer).or_else(|| {
+            let addr = self.shared.addrs.get(peer).map(|a| *a)?;
+            Some(self.shared.peer(*peer, Some(addr)))
+        })
     }
 
     fn check_send(&self, peer: &PeerId, msg: Bytes) -> Result<(Arc<Peer>, Envelope), SendError> {
@@ -272,7 +293,7 @@ impl ConnectionManager {
                 msg,
             });
         }
-        let Some(p) = self.known(peer) else {
+        let Some(p) = self.driver_for(peer) else {
             return Err(SendError::UnknownPeer { peer: *peer, msg });
         };
         Ok((
@@ -298,6 +319,15 @@ impl ConnectionManager {
     pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let (p, env) = self.check_send(peer, msg)?;
         let len = env.payload.len();
+        let env = match p.tx.send(env).await {
+            Ok(()) => {
+                self.accepted(len);
+                return Ok(());
+            }
+            Err(e) => e.0,
+        };
+        // The driver retired between the lookup and the send: once more, on a fresh one.
+        let (p, env) = self.check_send(peer, env.payload)?;
         match p.tx.send(env).await {
             Ok(()) => {
                 self.accepted(len);

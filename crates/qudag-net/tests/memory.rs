@@ -499,3 +499,31 @@ async fn fixed_policy_also_delivers_everything() {
         snap.batches_sent
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_peers_are_forgotten_and_come_back_on_send() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.peer_idle_timeout(Duration::from_secs(60));
+    let a = node_with(&net, "a", config.clone());
+    let mut b = node_with(&net, "b", config);
+    a.mgr.connect(b.addr).await.unwrap();
+    // b learns a from the inbound connection.
+    while b.mgr.status(&a.addr.peer) != Some(ConnState::Connected) {
+        tokio::task::yield_now().await;
+    }
+    net.drop_connections(a.addr.peer, b.addr.peer);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(a.mgr.peers(), vec![b.addr.peer], "not yet idle long enough");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(a.mgr.peers().is_empty(), "a forgot its idle peer");
+    assert!(b.mgr.peers().is_empty(), "b forgot its idle peer");
+    // a connected to b, so it remembers b's address; b never dialed a.
+    assert!(matches!(
+        b.mgr.send(&a.addr.peer, msg(1)).await,
+        Err(SendError::UnknownPeer { .. })
+    ));
+    a.mgr.send(&b.addr.peer, msg(2)).await.unwrap();
+    assert_eq!(recv_n(&mut b.incoming, a.addr.peer, 1).await, vec![msg(2)]);
+    assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
+}
