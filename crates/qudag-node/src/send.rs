@@ -1,0 +1,368 @@
+//! `send`: connects to one peer, sends `--count` messages, waits for their
+//! acknowledgements and reports; exits 0 only if every message was delivered.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use clap::Args;
+use qudag_net::{
+    ConnectionManager, Event, Events, ManagerConfig, NetError, PeerAddr, QuicConfig, QuicTransport,
+    TransportError, UndeliveredReason,
+};
+use tokio::time::Instant;
+
+use crate::demo::Policy;
+use crate::keygen::load_identity;
+use crate::report::{rate, SendSummary};
+
+/// How often the ack wait looks at the counters.
+const POLL: Duration = Duration::from_millis(2);
+/// Messages sent between two looks at the event stream.
+const EVENT_CHECK_EVERY: u64 = 1024;
+
+/// Options of `qudag-node send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The peer to send to, as printed by `listen`: PEERID@IP:PORT.
+    #[arg(long, value_name = "PEERID@ADDR")]
+    pub(crate) to: PeerAddr,
+    /// How many messages to send.
+    #[arg(long, value_name = "N")]
+    pub(crate) count: u64,
+    /// Payload size of each message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Send at most this many messages per second (default: as fast as the peer acknowledges).
+    #[arg(long, value_name = "R")]
+    pub(crate) rate: Option<f64>,
+    /// Identity key file (default: a fresh identity for this run).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Print one JSON object (sent, delivered, undelivered, elapsed_s, msgs_per_s,
+    /// latency_p50_us, latency_p99_us) instead of a line of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Local address to bind (default: port 0 on the loopback or unspecified address).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) bind: Option<SocketAddr>,
+    /// Batch flush policy.
+    #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
+    pub(crate) policy: Policy,
+    /// Seconds allowed to connect (dial, TLS handshake, session set-up).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub(crate) connect_timeout: f64,
+    /// Seconds allowed for the whole run after connecting, acknowledgements included.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub(crate) timeout: f64,
+    /// Seconds the final shutdown waits for outstanding acknowledgements.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub(crate) grace: f64,
+}
+
+/// A duration from a number of seconds given on the command line.
+pub(crate) fn secs(name: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
+}
+
+/// The address to bind when none is given: port 0 on the loopback address of
+/// the target's family if the target is loopback, else on the unspecified one.
+pub(crate) fn default_bind(to: SocketAddr) -> SocketAddr {
+    match (to.is_ipv4(), to.ip().is_loopback()) {
+        (true, true) => (Ipv4Addr::LOCALHOST, 0).into(),
+        (true, false) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (false, true) => (Ipv6Addr::LOCALHOST, 0).into(),
+        (false, false) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// One line a person can act on, for a failed connect to `to`.
+pub(crate) fn describe_connect_error(e: &NetError, to: &PeerAddr) -> String {
+    let addr = to.addr;
+    match e {
+        NetError::Transport(TransportError::PeerIdMismatch { expected, actual }) => format!(
+            "peer id mismatch: dialed {expected} but the peer at {addr} is {actual}; check the PEERID in --to"
+        ),
+        NetError::Transport(TransportError::Refused { detail, .. }) => format!(
+            "connection refused by the peer at {addr} ({detail}); is this node on its --allow list?"
+        ),
+        NetError::Transport(TransportError::NotAllowed { peer }) => {
+            format!("connection refused: {peer} is not on the allow-list")
+        }
+        NetError::Transport(TransportError::Unreachable { detail, .. }) => {
+            format!("peer unreachable: nothing answered at {addr} ({detail})")
+        }
+        NetError::Transport(TransportError::HandshakeTimeout { .. })
+        | NetError::ConnectTimeout { .. } => {
+            format!("peer unreachable: no answer from {addr} within the connect timeout")
+        }
+        NetError::Transport(TransportError::Handshake { detail, .. }) => {
+            format!("handshake with {addr} failed: {detail}")
+        }
+        other => format!("cannot connect to {to}: {other}"),
+    }
+}
+
+/// What the event stream said about undelivered messages.
+#[derive(Debug, Default)]
+pub(crate) struct HandedBack {
+    /// Messages handed back.
+    pub(crate) messages: u64,
+    /// The first reason seen.
+    pub(crate) first_reason: Option<UndeliveredReason>,
+}
+
+impl HandedBack {
+    /// Reads every event that is ready.
+    pub(crate) fn drain(&mut self, events: &mut Events) {
+        while let Some(ev) = events.try_recv() {
+            self.on_event(ev);
+        }
+    }
+
+    /// Counts one event.
+    pub(crate) fn on_event(&mut self, ev: Event) {
+        if let Event::Undelivered {
+            messages, reason, ..
+        } = ev
+        {
+            self.messages += messages.len() as u64;
+            self.first_reason.get_or_insert(reason);
+        }
+    }
+}
+
+/// Runs `send`.
+pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let connect_timeout = secs("connect-timeout", args.connect_timeout)?;
+    let timeout = secs("timeout", args.timeout)?;
+    let grace = secs("grace", args.grace)?;
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number of messages per second, got {r}");
+        }
+    }
+    let identity = load_identity(args.key.as_deref())?;
+    let to = args.to;
+    let bind = args.bind.unwrap_or_else(|| default_bind(to.addr));
+    let mut quic = QuicConfig::default();
+    quic.handshake_timeout(connect_timeout);
+    let transport = QuicTransport::bind(bind, &identity, quic)
+        .with_context(|| format!("cannot bind a QUIC endpoint at {bind}"))?;
+
+    let mut config = ManagerConfig::default();
+    config.connect_timeout(connect_timeout);
+    config.batch_mut().policy(args.policy.into());
+    let manager = ConnectionManager::new(config, Arc::new(transport));
+    let mut events = manager.events().context("event stream already taken")?;
+
+    // A dial has its own timeouts; this outer bound only guards against a hang.
+    let connected = tokio::time::timeout(
+        connect_timeout + Duration::from_secs(1),
+        manager.connect(to),
+    )
+    .await;
+    match connected {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            manager.shutdown(Duration::ZERO).await;
+            bail!("{}", describe_connect_error(&e, &to));
+        }
+        Err(_) => {
+            manager.shutdown(Duration::ZERO).await;
+            bail!(
+                "peer unreachable: no answer from {} within the connect timeout",
+                to.addr
+            );
+        }
+    }
+    tracing::info!(peer = %to, "connected");
+
+    let payload = Bytes::from(vec![0xa5; args.size]);
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut back = HandedBack::default();
+    let mut sent = 0u64;
+    let mut stop: Option<String> = None;
+    while sent < args.count {
+        if let Some(r) = args.rate {
+            let due = start + Duration::from_secs_f64(sent as f64 / r);
+            if due > deadline {
+                stop = Some(format!("timed out after {timeout:?} while sending"));
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+        match tokio::time::timeout_at(deadline, manager.send(&to.peer, payload.clone())).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => {
+                stop = Some(format!("send failed: {e}"));
+                break;
+            }
+            Err(_) => {
+                stop = Some(format!("timed out after {timeout:?} while sending"));
+                break;
+            }
+        }
+        if sent % EVENT_CHECK_EVERY == 0 {
+            back.drain(&mut events);
+            if let Some(reason) = back.first_reason {
+                stop = Some(format!("messages came back undelivered ({reason})"));
+                break;
+            }
+        }
+    }
+
+    // Wait until every accepted message is acknowledged or handed back.
+    loop {
+        back.drain(&mut events);
+        let acked = manager.metrics_snapshot().messages_acked;
+        if acked + back.messages >= sent {
+            break;
+        }
+        if Instant::now() >= deadline {
+            stop.get_or_insert_with(|| {
+                format!("timed out after {timeout:?} waiting for acknowledgements")
+            });
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let elapsed = start.elapsed();
+    manager.shutdown(grace).await;
+    back.drain(&mut events);
+    let snap = manager.metrics_snapshot();
+
+    let summary = SendSummary {
+        sent,
+        delivered: snap.messages_acked,
+        undelivered: back.messages,
+        elapsed_s: elapsed.as_secs_f64(),
+        msgs_per_s: rate(snap.messages_acked, elapsed),
+        latency_p50_us: snap.latency.p50.as_micros() as u64,
+        latency_p99_us: snap.latency.p99.as_micros() as u64,
+    };
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        println!("{}", summary.to_text());
+    }
+    if summary.delivered + summary.undelivered != sent {
+        bail!(
+            "delivery contract violated: {sent} accepted but {} acknowledged + {} handed back",
+            summary.delivered,
+            summary.undelivered
+        );
+    }
+    if summary.delivered < args.count {
+        let why = stop
+            .or_else(|| back.first_reason.map(|r| r.to_string()))
+            .unwrap_or_else(|| "unknown reason".to_owned());
+        bail!(
+            "{} of {} messages not delivered: {why}",
+            args.count - summary.delivered,
+            args.count
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qudag_net::PeerId;
+
+    fn to() -> PeerAddr {
+        PeerAddr::new(
+            PeerId::from_public_key(b"listener"),
+            "127.0.0.1:4433".parse().unwrap(),
+        )
+    }
+
+    #[track_caller]
+    fn check(e: NetError, expect: &str) {
+        let line = describe_connect_error(&e, &to());
+        assert!(line.contains(expect), "{line:?} lacks {expect:?}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn connect_errors_are_actionable() {
+        let other = PeerId::from_public_key(b"other");
+        check(
+            NetError::Transport(TransportError::PeerIdMismatch {
+                expected: to().peer,
+                actual: other,
+            }),
+            "peer id mismatch",
+        );
+        check(
+            NetError::Transport(TransportError::Refused {
+                peer: to().peer,
+                detail: "access denied".into(),
+            }),
+            "refused",
+        );
+        check(NetError::ConnectTimeout { peer: to().peer }, "unreachable");
+        check(
+            NetError::Transport(TransportError::Unreachable {
+                peer: to().peer,
+                addr: to().addr,
+                detail: "no route".into(),
+            }),
+            "unreachable",
+        );
+        check(NetError::Shutdown, "cannot connect");
+    }
+
+    #[test]
+    fn seconds_must_be_positive_and_finite() {
+        assert_eq!(secs("x", 1.5).unwrap(), Duration::from_millis(1500));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = secs("timeout", bad).unwrap_err();
+            assert!(e.to_string().contains("--timeout"), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_bind_follows_the_target() {
+        assert_eq!(
+            default_bind("127.0.0.1:9".parse().unwrap()),
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            default_bind("10.0.0.1:9".parse().unwrap()),
+            "0.0.0.0:0".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            default_bind("[::1]:9".parse().unwrap()),
+            "[::1]:0".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn handed_back_counts_messages_and_keeps_the_first_reason() {
+        let mut b = HandedBack::default();
+        let peer = to().peer;
+        b.on_event(Event::Undelivered {
+            peer,
+            messages: vec![Bytes::new(); 3],
+            reason: UndeliveredReason::Unreachable,
+            maybe_delivered: false,
+        });
+        b.on_event(Event::Undelivered {
+            peer,
+            messages: vec![Bytes::new(); 2],
+            reason: UndeliveredReason::Shutdown,
+            maybe_delivered: true,
+        });
+        assert_eq!(b.messages, 5);
+        assert_eq!(b.first_reason, Some(UndeliveredReason::Unreachable));
+    }
+}
