@@ -1,0 +1,455 @@
+//! End-to-end tests of the `qudag-node` binary: real processes, QUIC over loopback.
+//!
+//! Every child process is bounded: it is killed when its guard drops, and
+//! every wait has a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qudag-node");
+/// Bound on any single child process (debug builds are slow, machines are shared).
+const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A child process that is killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a finished child left.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Reads a pipe to the end on a thread, so a full pipe never blocks the child.
+fn drain(mut r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx
+}
+
+/// Waits for `guard`'s child to exit (killing it after `timeout`), with its output.
+fn finish(mut guard: Guard, stdout: mpsc::Receiver<String>, timeout: Duration) -> Finished {
+    let stderr = drain(guard.0.stderr.take().expect("stderr piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "child {:?} did not exit within {timeout:?}",
+            guard.0.id()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.recv_timeout(timeout).unwrap_or_default();
+    let stderr = stderr.recv_timeout(timeout).unwrap_or_default();
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs the binary to completion.
+fn run(args: &[&str]) -> Finished {
+    let mut child = Guard(cmd(args).spawn().expect("spawn qudag-node"));
+    let out = drain(child.0.stdout.take().expect("stdout piped"));
+    finish(child, out, CHILD_TIMEOUT)
+}
+
+/// A running `listen`: its guard, its first stdout line, and the rest of stdout.
+struct Listener {
+    guard: Guard,
+    first_line: String,
+    rest: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// `PEERID@ADDR` from the first line.
+    fn peer_addr(&self) -> &str {
+        self.first_line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line {:?}", self.first_line))
+    }
+
+    fn addr(&self) -> &str {
+        self.peer_addr().split_once('@').expect("PEERID@ADDR").1
+    }
+
+    fn finish(self) -> Finished {
+        finish(self.guard, self.rest, CHILD_TIMEOUT)
+    }
+}
+
+/// Starts `listen` with `args` and reads its first stdout line (bounded).
+fn listen(args: &[&str]) -> Listener {
+    let mut guard = Guard(
+        cmd(&[&["listen"], args].concat())
+            .spawn()
+            .expect("spawn listen"),
+    );
+    let stdout: ChildStdout = guard.0.stdout.take().expect("stdout piped");
+    let (line_tx, line_rx) = mpsc::channel();
+    let (rest_tx, rest_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = line_tx.send(line);
+        let mut rest = String::new();
+        let _ = r.read_to_string(&mut rest);
+        let _ = rest_tx.send(rest);
+    });
+    let first_line = line_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("listen printed no first line within 60 s");
+    Listener {
+        guard,
+        first_line: first_line.trim_end().to_owned(),
+        rest: rest_rx,
+    }
+}
+
+/// A fresh temporary directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qudag-node-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Parses a flat JSON object of numbers into key → number.
+fn parse_json_numbers(s: &str) -> BTreeMap<String, f64> {
+    let body = s
+        .trim()
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not a JSON object: {s:?}"));
+    body.split(',')
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad pair {kv:?}"));
+            let k = k
+                .trim()
+                .strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .expect("quoted key");
+            let v: f64 = v
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{k} is not a number: {v:?}"));
+            assert!(v.is_finite(), "{k} is not finite");
+            (k.to_owned(), v)
+        })
+        .collect()
+}
+
+/// Asserts a failed run printed exactly one `error:` line containing `needle`, and no panic.
+#[track_caller]
+fn assert_one_line_error(f: &Finished, needle: &str) {
+    assert!(
+        !f.status.success(),
+        "expected failure; stdout {:?}",
+        f.stdout
+    );
+    let lines: Vec<&str> = f.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one stderr line, got {:?}",
+        f.stderr
+    );
+    assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+    assert!(!f.stderr.contains("panicked") && !f.stderr.contains("backtrace"));
+}
+
+fn other_peer_id() -> String {
+    "0123456789abcdef".repeat(4)
+}
+
+#[test]
+fn listen_then_send_100k_messages_reports_json() {
+    let l = listen(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--expect",
+        "100000",
+        "--timeout",
+        "150",
+    ]);
+    let peer_addr = l.peer_addr().to_owned();
+    let (id, addr) = peer_addr.split_once('@').unwrap();
+    assert_eq!(id.len(), 64);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let port: u16 = addr
+        .strip_prefix("127.0.0.1:")
+        .expect("bound on loopback")
+        .parse()
+        .unwrap();
+    assert_ne!(port, 0, "the first line shows the real bound port");
+
+    let s = run(&[
+        "send",
+        "--to",
+        &peer_addr,
+        "--count",
+        "100000",
+        "--size",
+        "64",
+        "--json",
+        "--timeout",
+        "150",
+    ]);
+    assert!(
+        s.status.success(),
+        "send failed: {:?} {:?}",
+        s.stdout,
+        s.stderr
+    );
+    let json = parse_json_numbers(s.stdout.lines().next().expect("a JSON line"));
+    let keys: Vec<&str> = json.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "delivered",
+            "elapsed_s",
+            "latency_p50_us",
+            "latency_p99_us",
+            "msgs_per_s",
+            "sent",
+            "undelivered"
+        ]
+    );
+    assert_eq!(json["sent"], 100_000.0);
+    assert_eq!(json["delivered"], 100_000.0);
+    assert_eq!(json["undelivered"], 0.0);
+    assert!(json["elapsed_s"] > 0.0);
+    assert!(json["msgs_per_s"] > 0.0);
+    assert!(json["latency_p50_us"] <= json["latency_p99_us"]);
+
+    let done = l.finish();
+    assert!(done.status.success(), "listen failed: {:?}", done.stderr);
+    assert!(
+        done.stdout.contains("received 100,000 messages"),
+        "{:?}",
+        done.stdout
+    );
+}
+
+#[test]
+fn send_to_a_wrong_peer_id_fails_with_one_line() {
+    let l = listen(&["--bind", "127.0.0.1:0", "--timeout", "120"]);
+    let to = format!("{}@{}", other_peer_id(), l.addr());
+    let s = run(&["send", "--to", &to, "--count", "10", "--size", "8"]);
+    assert_one_line_error(&s, "mismatch");
+    assert!(s.stderr.contains(&other_peer_id()));
+}
+
+#[test]
+fn allow_list_refuses_other_senders() {
+    let l = listen(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--allow",
+        &other_peer_id(),
+        "--timeout",
+        "120",
+    ]);
+    let s = run(&[
+        "send",
+        "--to",
+        l.peer_addr(),
+        "--count",
+        "10",
+        "--size",
+        "8",
+    ]);
+    assert_one_line_error(&s, "refused");
+}
+
+#[test]
+fn keygen_writes_a_private_key_that_listen_uses() {
+    let dir = temp_dir("keygen");
+    let key = dir.join("node.key");
+    let key_s = key.to_str().unwrap();
+    let k = run(&["keygen", "--out", key_s]);
+    assert!(k.status.success(), "{:?}", k.stderr);
+    let id = k.stdout.trim();
+    assert_eq!(id.len(), 64, "{id:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let l = listen(&["--bind", "127.0.0.1:0", "--key", key_s, "--timeout", "120"]);
+    assert_eq!(l.peer_addr().split_once('@').unwrap().0, id);
+    drop(l);
+
+    // Never overwrites an existing key.
+    let again = run(&["keygen", "--out", key_s]);
+    assert_one_line_error(&again, "already exists");
+
+    // A bad key file is one line naming it.
+    let bad = dir.join("bad.key");
+    std::fs::write(&bad, b"not a key").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let b = run(&[
+        "listen",
+        "--bind",
+        "127.0.0.1:0",
+        "--key",
+        bad.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&b, "bad key file");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn send_to_an_unreachable_address_fails_with_one_line() {
+    // A bound UDP socket that is not a QUIC endpoint: nothing ever answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("{}@{}", other_peer_id(), silent.local_addr().unwrap());
+    let s = run(&[
+        "send",
+        "--to",
+        &to,
+        "--count",
+        "1",
+        "--connect-timeout",
+        "1",
+    ]);
+    assert_one_line_error(&s, "unreachable");
+}
+
+#[test]
+fn listen_serves_prometheus_metrics_over_http() {
+    // The line after `listening ...` names the metrics address.
+    let mut guard = Guard(
+        cmd(&[
+            "listen",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--timeout",
+            "120",
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    let stdout = guard.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        for _ in 0..2 {
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(first.starts_with("listening "), "{first:?}");
+    let second = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let url = second
+        .trim()
+        .strip_prefix("metrics http://")
+        .expect("metrics line");
+    let addr = url.strip_suffix("/metrics").unwrap();
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let ok = get("/metrics");
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert!(
+        ok.contains("Content-Type: text/plain; version=0.0.4"),
+        "{ok}"
+    );
+    assert!(ok.contains("qudag_messages_received"), "{ok}");
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    drop(guard);
+}
+
+#[test]
+fn demo_with_small_counts_prints_the_table() {
+    let d = run(&[
+        "demo",
+        "--nodes",
+        "2",
+        "--messages",
+        "2000",
+        "--timeout",
+        "120",
+    ]);
+    assert!(
+        d.status.success(),
+        "demo failed: {:?} {:?}",
+        d.stdout,
+        d.stderr
+    );
+    assert!(d.stdout.contains("QUIC"), "{}", d.stdout);
+    assert!(d.stdout.contains("127.0.0.1"), "{}", d.stdout);
+    for row in [
+        "messages/s",
+        "QUIC connections",
+        "latency p50",
+        "latency p99",
+        "memory held (peak)",
+    ] {
+        assert!(d.stdout.contains(row), "missing {row:?} in {}", d.stdout);
+    }
+    assert!(
+        d.stdout
+            .contains("delivery contract: 2,000 delivered + 0 handed back = 2,000 of 2,000 sent"),
+        "{}",
+        d.stdout
+    );
+}
+
+#[test]
+fn usage_errors_exit_non_zero() {
+    let d = run(&["demo", "--nodes", "1"]);
+    assert!(!d.status.success());
+    let s = run(&["send", "--to", "not-a-peer", "--count", "1"]);
+    assert!(!s.status.success());
+    assert!(s.stderr.contains("PEERID@IP:PORT"), "{}", s.stderr);
+}
