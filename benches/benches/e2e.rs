@@ -1,0 +1,1031 @@
+//! End-to-end scenarios over QUIC on 127.0.0.1, each beside its raw-quinn
+//! baseline measured in the same run (issue 10).
+//!
+//! A custom `main` (`harness = false`): the scenarios do not fit criterion's
+//! iteration model. Each measurement runs over a bounded count, is repeated
+//! (the median is kept), and is written as one flat JSON object per line to
+//! `target/qudag-bench/e2e.jsonl` (or `--out PATH`), which `cargo xtask
+//! bench` turns into `docs/BENCHMARKS.md` and the plots. Nothing here asserts
+//! a time.
+//!
+//! Run: `cargo bench -p qudag-benches --bench e2e -- [--quick] [--out PATH]`.
+//!
+//! Memory is counted by a `GlobalAlloc` wrapper (live heap bytes) and by RSS;
+//! the peers that hold the other end of the connections run in a child
+//! process (this binary, `--child ...`), so the parent counts one side only.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use qudag_benches::{quic_manager, raw_client, raw_server, BoxError};
+use qudag_net::{
+    FlushPolicy, Identity, ManagerConfig, PeerAddr, PeerId, QuicConfig, QuicTransport, Transport,
+};
+
+#[allow(unsafe_code)]
+mod counting {
+    //! Live heap bytes, counted at the allocator.
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+    /// The system allocator, counting live bytes.
+    pub(crate) struct Counting;
+
+    // SAFETY: every method forwards to `System` unchanged; the counter is a
+    // side effect that never touches the memory.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            // SAFETY: same contract as the caller's.
+            let p = unsafe { System.alloc(l) };
+            if !p.is_null() {
+                LIVE.fetch_add(l.size() as isize, Relaxed);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            // SAFETY: same contract as the caller's.
+            let p = unsafe { System.alloc_zeroed(l) };
+            if !p.is_null() {
+                LIVE.fetch_add(l.size() as isize, Relaxed);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(p, l) };
+            LIVE.fetch_sub(l.size() as isize, Relaxed);
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            // SAFETY: same contract as the caller's.
+            let q = unsafe { System.realloc(p, l, new) };
+            if !q.is_null() {
+                LIVE.fetch_add(new as isize - l.size() as isize, Relaxed);
+            }
+            q
+        }
+    }
+
+    /// Live heap bytes now.
+    pub(crate) fn live() -> isize {
+        LIVE.load(Relaxed)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: counting::Counting = counting::Counting;
+
+/// Resident set size of this process, in bytes (Linux; 0 elsewhere).
+fn rss() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Counts of one run mode.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    quick: bool,
+    repeats: usize,
+    bytes_per_run: usize,
+    max_messages: usize,
+    connects: usize,
+    latency_run: Duration,
+    loads: &'static [u64],
+    rtt_pings: usize,
+    mem_conns: usize,
+    many_conns: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                quick,
+                repeats: 1,
+                bytes_per_run: 2 << 20,
+                max_messages: 10_000,
+                connects: 8,
+                latency_run: Duration::from_millis(400),
+                loads: &[1000, 5000],
+                rtt_pings: 200,
+                mem_conns: 100,
+                many_conns: 200,
+            }
+        } else {
+            Plan {
+                quick,
+                repeats: 3,
+                bytes_per_run: 96 << 20,
+                max_messages: 200_000,
+                connects: 40,
+                latency_run: Duration::from_secs(2),
+                loads: &[100, 1000, 5000, 20_000],
+                rtt_pings: 2000,
+                mem_conns: 1000,
+                many_conns: 10_000,
+            }
+        }
+    }
+
+    fn count(&self, size: usize) -> usize {
+        (self.bytes_per_run / size).clamp(200, self.max_messages)
+    }
+}
+
+/// One JSON line, flat: string and number fields only.
+#[derive(Default)]
+struct Line(String);
+
+impl Line {
+    fn new(kind: &str) -> Self {
+        let mut l = Line(String::from("{"));
+        l.s("kind", kind);
+        l
+    }
+    fn sep(&mut self) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+    }
+    fn s(&mut self, k: &str, v: &str) -> &mut Self {
+        self.sep();
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = write!(self.0, "\"{k}\":\"{v}\"");
+        self
+    }
+    fn n(&mut self, k: &str, v: f64) -> &mut Self {
+        self.sep();
+        if v.is_finite() {
+            let _ = write!(self.0, "\"{k}\":{v}");
+        } else {
+            let _ = write!(self.0, "\"{k}\":null");
+        }
+        self
+    }
+    fn done(&mut self) -> String {
+        let mut s = std::mem::take(&mut self.0);
+        s.push('}');
+        s
+    }
+}
+
+/// Where the lines go: the file and stdout.
+struct Out {
+    file: std::fs::File,
+}
+
+impl Out {
+    fn emit(&mut self, mut line: Line) {
+        let s = line.done();
+        println!("{s}");
+        let _ = writeln!(self.file, "{s}");
+        let _ = self.file.flush();
+    }
+
+    /// A figure beside its baseline. `ratio` is figure / baseline unless the
+    /// goal says otherwise; `goal` is `(">=" | "<=", bound)` on `ratio`.
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &mut self,
+        scenario: &str,
+        figure: &str,
+        value: f64,
+        unit: &str,
+        baseline: &str,
+        baseline_value: f64,
+        ratio: f64,
+        goal: Option<(&str, f64)>,
+        note: &str,
+    ) {
+        let mut l = Line::new("result");
+        l.s("scenario", scenario)
+            .s("figure", figure)
+            .n("value", value)
+            .s("unit", unit)
+            .s("baseline", baseline)
+            .n("baseline_value", baseline_value)
+            .n("ratio", ratio);
+        match goal {
+            Some((op, bound)) => {
+                let met = if op == ">=" {
+                    ratio >= bound
+                } else {
+                    ratio <= bound
+                };
+                l.s("goal", &format!("{op} {bound}"))
+                    .s("met", if met { "yes" } else { "no" });
+            }
+            None => {
+                l.s("goal", "").s("met", "n/a");
+            }
+        }
+        l.s("note", note);
+        self.emit(l);
+    }
+
+    fn point(&mut self, plot: &str, series: &str, x: f64, y: f64) {
+        let mut l = Line::new("point");
+        l.s("plot", plot).s("series", series).n("x", x).n("y", y);
+        self.emit(l);
+    }
+
+    fn info(&mut self, key: &str, value: &str) {
+        let mut l = Line::new("info");
+        l.s("key", key).s("value", value);
+        self.emit(l);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn manager_config(policy: FlushPolicy) -> ManagerConfig {
+    let mut c = ManagerConfig::default();
+    c.batch_mut().policy(policy);
+    c
+}
+
+/// Polls `cond` every few ms until it holds or `limit` passes (a bench, not a test).
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+// ---------------------------------------------------------------- throughput
+
+/// What one manager throughput run saw.
+struct MgrRun {
+    msgs_per_sec: f64,
+    msgs_per_batch: f64,
+    bytes_per_batch: f64,
+}
+
+async fn manager_throughput(size: usize, count: usize) -> Result<MgrRun, BoxError> {
+    let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    a.connect(b_addr).await?;
+    let payload = Bytes::from(vec![0xA5; size]);
+    // Warm up: one message there, so both sessions are up.
+    a.send(&b_addr.peer, payload.clone()).await?;
+    incoming.recv().await.ok_or("no warm-up message")?;
+    let before = a.metrics_snapshot();
+    let start = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut n = 0;
+        while n < count {
+            match incoming.recv_batch().await {
+                Some((_, batch)) => n += batch.len(),
+                None => break,
+            }
+        }
+        (n, Instant::now())
+    });
+    for _ in 0..count {
+        a.send(&b_addr.peer, payload.clone()).await?;
+    }
+    let (got, end) = receiver.await?;
+    if got < count {
+        return Err(format!("received {got} of {count}").into());
+    }
+    let secs = end.duration_since(start).as_secs_f64();
+    let after = a.metrics_snapshot();
+    let batches = (after.batches_sent - before.batches_sent).max(1) as f64;
+    let run = MgrRun {
+        msgs_per_sec: count as f64 / secs,
+        msgs_per_batch: (after.messages_sent - before.messages_sent) as f64 / batches,
+        bytes_per_batch: (after.bytes_sent - before.bytes_sent) as f64 / batches,
+    };
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    Ok(run)
+}
+
+/// A raw quinn connection: the client side and the server side.
+async fn raw_pair(
+    server_bidi: u32,
+    server_uni: u32,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Connection,
+    ),
+    BoxError,
+> {
+    let server = raw_server(server_bidi, server_uni)?;
+    let client = raw_client(0, 0)?;
+    let addr = server.local_addr()?;
+    let connecting = client.connect(addr, "raw")?;
+    let (c, s) = tokio::join!(connecting, async {
+        match server.accept().await {
+            Some(i) => i.await.map_err(BoxError::from),
+            None => Err("server closed".into()),
+        }
+    });
+    Ok((server, client, c?, s?))
+}
+
+/// Raw quinn: every message with its own `write_all` on one stream.
+async fn raw_stream_throughput(size: usize, count: usize) -> Result<f64, BoxError> {
+    let (_se, _ce, c, s) = raw_pair(1, 0).await?;
+    let (mut tx, _crx) = c.open_bi().await?;
+    tx.write_all(&[0]).await?;
+    let (_stx, mut rx) = s.accept_bi().await?;
+    let mut one = [0u8; 1];
+    rx.read_exact(&mut one).await?;
+    let total = size * count;
+    let payload = vec![0xA5u8; size];
+    let start = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            match rx.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => n += chunk.bytes.len(),
+                _ => break,
+            }
+        }
+        (n, Instant::now())
+    });
+    for _ in 0..count {
+        tx.write_all(&payload).await?;
+    }
+    let (got, end) = receiver.await?;
+    if got < total {
+        return Err(format!("received {got} of {total} bytes").into());
+    }
+    c.close(0u32.into(), b"done");
+    Ok(count as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// Raw quinn: one unidirectional stream per message.
+async fn raw_uni_throughput(size: usize, count: usize) -> Result<f64, BoxError> {
+    let (_se, _ce, c, s) = raw_pair(0, 1024).await?;
+    let payload = vec![0xA5u8; size];
+    let start = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut n = 0;
+        while n < count {
+            let Ok(mut rx) = s.accept_uni().await else {
+                break;
+            };
+            if rx.read_to_end(size).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+        (n, Instant::now())
+    });
+    for _ in 0..count {
+        let mut tx = c.open_uni().await?;
+        tx.write_all(&payload).await?;
+        tx.finish()?;
+    }
+    let (got, end) = receiver.await?;
+    if got < count {
+        return Err(format!("received {got} of {count} streams").into());
+    }
+    c.close(0u32.into(), b"done");
+    Ok(count as f64 / end.duration_since(start).as_secs_f64())
+}
+
+async fn repeat<F, Fut>(n: usize, mut f: F) -> Result<f64, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, BoxError>>,
+{
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(f().await?);
+    }
+    Ok(median(v))
+}
+
+async fn throughput(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let sizes = [64usize, 128, 1024, 4096, 16384, 65536];
+    let mut at_128 = (0.0, 0.0);
+    let mut at_64k = (0.0, 0.0);
+    for size in sizes {
+        let count = plan.count(size);
+        let mut runs = Vec::new();
+        for _ in 0..plan.repeats {
+            runs.push(manager_throughput(size, count).await?);
+        }
+        runs.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
+        let mid = &runs[runs.len() / 2];
+        let raw = repeat(plan.repeats, || raw_stream_throughput(size, count)).await?;
+        let mb = |m: f64| m * size as f64 / 1e6;
+        out.point(
+            "throughput",
+            "qudag manager (adaptive)",
+            size as f64,
+            mb(mid.msgs_per_sec),
+        );
+        out.point(
+            "throughput",
+            "raw quinn, write_all per message",
+            size as f64,
+            mb(raw),
+        );
+        out.info(
+            &format!("batching at {size} B"),
+            &format!(
+                "{:.1} messages and {:.0} wire bytes per batch ({count} messages per run)",
+                mid.msgs_per_batch, mid.bytes_per_batch
+            ),
+        );
+        if size == 128 {
+            at_128 = (mid.msgs_per_sec, raw);
+        }
+        if size == 65536 {
+            at_64k = (mid.msgs_per_sec, raw);
+        }
+    }
+    let (m, raw) = at_128;
+    out.result(
+        "throughput 128 B",
+        "manager, sealed + batched (adaptive)",
+        m,
+        "msg/s",
+        "raw quinn, write_all per message on one stream",
+        raw,
+        m / raw,
+        Some((">=", 1.5)),
+        "ratio = manager / baseline",
+    );
+    let uni_count = (plan.count(128) / 4).max(200);
+    let uni = repeat(plan.repeats, || raw_uni_throughput(128, uni_count)).await?;
+    out.result(
+        "throughput 128 B",
+        "manager, sealed + batched (adaptive)",
+        m,
+        "msg/s",
+        "raw quinn, one uni stream per message",
+        uni,
+        m / uni,
+        Some((">=", 10.0)),
+        "ratio = manager / baseline",
+    );
+    let (m, raw) = at_64k;
+    out.result(
+        "throughput 64 KiB",
+        "manager, sealed + batched (adaptive)",
+        m * 65536.0 / 1e6,
+        "MB/s",
+        "raw quinn, bulk on one stream",
+        raw * 65536.0 / 1e6,
+        m / raw,
+        Some((">=", 0.8)),
+        "ratio = manager / baseline",
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ connect
+
+async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let mut cfg = manager_config(FlushPolicy::Adaptive);
+    cfg.pool_mut().max_connections(plan.connects + 16);
+    let (hub, hub_addr) = quic_manager(cfg, QuicConfig::default())?;
+    let mut dialers = Vec::new();
+    for _ in 0..plan.connects {
+        dialers.push(quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?.0);
+    }
+    let mut new = Vec::new();
+    for d in &dialers {
+        let t = Instant::now();
+        d.connect(hub_addr).await?;
+        new.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let d = &dialers[0];
+    let mut reuse = Vec::new();
+    for _ in 0..plan.connects.max(20) {
+        d.disconnect(&hub_addr.peer).await?;
+        let t = Instant::now();
+        d.connect(hub_addr).await?;
+        reuse.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    for d in &dialers {
+        d.shutdown(Duration::from_millis(200)).await;
+    }
+    hub.shutdown(Duration::from_millis(200)).await;
+
+    let server = raw_server(1, 0)?;
+    let addr = server.local_addr()?;
+    let held = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let accept = tokio::spawn(async move {
+        while let Some(i) = server.accept().await {
+            if let Ok(c) = i.await {
+                keep.lock().push(c);
+            }
+        }
+    });
+    let client = raw_client(0, 0)?;
+    let mut raw = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..plan.connects {
+        let t = Instant::now();
+        let c = client.connect(addr, "raw")?.await?;
+        raw.push(t.elapsed().as_secs_f64() * 1e6);
+        conns.push(c);
+    }
+    client.close(0u32.into(), b"done");
+    accept.abort();
+
+    let (new, reuse, raw) = (median(new), median(reuse), median(raw));
+    out.result(
+        "connect",
+        "manager connect, new connection",
+        new,
+        "µs",
+        "raw quinn handshake (mutual TLS 1.3)",
+        raw,
+        new / raw,
+        Some(("<=", 1.3)),
+        "ratio = manager / baseline (lower is better); the manager also waits for the listener's acceptance byte and opens the batch stream",
+    );
+    out.result(
+        "connect",
+        "manager connect, pooled reuse",
+        reuse,
+        "µs",
+        "manager connect, new connection",
+        new,
+        new / reuse,
+        Some((">=", 100.0)),
+        "ratio = new / reuse (times faster)",
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ latency
+
+async fn manager_latency(
+    policy: FlushPolicy,
+    rate: u64,
+    run: Duration,
+) -> Result<(f64, f64), BoxError> {
+    let (a, _) = quic_manager(manager_config(policy), QuicConfig::default())?;
+    let (b, b_addr) = quic_manager(manager_config(policy), QuicConfig::default())?;
+    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    a.connect(b_addr).await?;
+    let drain = tokio::spawn(async move { while incoming.recv_batch().await.is_some() {} });
+    let period = Duration::from_millis((1000 / rate).max(1));
+    let per_tick = (rate as f64 * period.as_secs_f64()).round().max(1.0) as u64;
+    let ticks = (run.as_secs_f64() / period.as_secs_f64()).ceil() as u64;
+    let payload = Bytes::from(vec![0x5Au8; 128]);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..ticks {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            a.send(&b_addr.peer, payload.clone()).await?;
+        }
+    }
+    let total = ticks * per_tick;
+    wait_until(Duration::from_secs(20), || {
+        a.metrics_snapshot().messages_acked >= total
+    })
+    .await;
+    let lat = a.metrics_snapshot().latency;
+    a.shutdown(Duration::from_millis(500)).await;
+    b.shutdown(Duration::from_millis(500)).await;
+    drain.abort();
+    Ok((lat.p50.as_secs_f64() * 1e6, lat.p99.as_secs_f64() * 1e6))
+}
+
+async fn raw_rtt(pings: usize) -> Result<(f64, f64), BoxError> {
+    let (_se, _ce, c, s) = raw_pair(1, 0).await?;
+    let (mut tx, mut rx) = c.open_bi().await?;
+    let mut msg = vec![0x5Au8; 128];
+    tx.write_all(&msg).await?;
+    let echo = tokio::spawn(async move {
+        let (mut stx, mut srx) = s.accept_bi().await?;
+        let mut buf = vec![0u8; 128];
+        loop {
+            if srx.read_exact(&mut buf).await.is_err() {
+                return Ok::<_, BoxError>(());
+            }
+            stx.write_all(&buf).await?;
+        }
+    });
+    rx.read_exact(&mut msg).await?;
+    let mut samples = Vec::with_capacity(pings);
+    for _ in 0..pings {
+        let t = Instant::now();
+        tx.write_all(&msg).await?;
+        rx.read_exact(&mut msg).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    c.close(0u32.into(), b"done");
+    echo.abort();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+async fn latency(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let (rtt50, rtt99) = raw_rtt(plan.rtt_pings).await?;
+    let mut at_1000 = Vec::new();
+    for &rate in plan.loads {
+        for (name, policy) in [
+            ("adaptive", FlushPolicy::Adaptive),
+            ("fixed", FlushPolicy::Fixed),
+        ] {
+            let mut p50s = Vec::new();
+            let mut p99s = Vec::new();
+            for _ in 0..plan.repeats.min(2) {
+                let (p50, p99) = manager_latency(policy, rate, plan.latency_run).await?;
+                p50s.push(p50);
+                p99s.push(p99);
+            }
+            let (p50, p99) = (median(p50s), median(p99s));
+            out.point("latency", &format!("{name} p50"), rate as f64, p50 / 1000.0);
+            out.point("latency", &format!("{name} p99"), rate as f64, p99 / 1000.0);
+            if rate == 1000 {
+                at_1000.push((name, p50, p99));
+            }
+        }
+    }
+    out.point(
+        "latency",
+        "raw quinn RTT p50",
+        plan.loads[0] as f64,
+        rtt50 / 1000.0,
+    );
+    out.point(
+        "latency",
+        "raw quinn RTT p50",
+        *plan.loads.last().unwrap_or(&1000) as f64,
+        rtt50 / 1000.0,
+    );
+    for (name, p50, p99) in at_1000 {
+        let goal = (name == "adaptive").then_some(("<=", 3.0));
+        out.result(
+            "latency at 1,000 msg/s",
+            &format!("send→ack p50, {name}"),
+            p50,
+            "µs",
+            "raw quinn ping-pong RTT p50",
+            rtt50,
+            p50 / rtt50,
+            goal,
+            "ratio = manager / baseline (lower is better)",
+        );
+        out.result(
+            "latency at 1,000 msg/s",
+            &format!("send→ack p99, {name}"),
+            p99,
+            "µs",
+            "raw quinn ping-pong RTT p99",
+            rtt99,
+            p99 / rtt99,
+            None,
+            "ratio = manager / baseline (lower is better)",
+        );
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------- memory
+
+/// What the parent saw while a child held `n` connections to it.
+struct MemRun {
+    heap_per_conn: f64,
+    rss_per_conn: f64,
+    heap_total: f64,
+    setup_secs: f64,
+    held: usize,
+    pooled: usize,
+}
+
+fn spawn_child(args: &[String]) -> Result<std::process::Child, BoxError> {
+    Ok(Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+/// Waits (on a blocking thread) for the child's `ready` line; returns its count.
+async fn child_ready(child: &mut std::process::Child, limit: Duration) -> Option<usize> {
+    let stdout = child.stdout.take()?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.ok()?;
+            if let Some(n) = line.strip_prefix("ready ") {
+                return n.trim().parse::<usize>().ok();
+            }
+        }
+        None
+    });
+    tokio::time::timeout(limit, read).await.ok()?.ok()?
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn manager_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
+    let mut cfg = manager_config(FlushPolicy::Adaptive);
+    cfg.pool_mut().max_connections(n + 64);
+    let mut quic = QuicConfig::default();
+    quic.accept_backlog(1024).max_handshakes(1024);
+    let (hub, hub_addr) = quic_manager(cfg, quic)?;
+    settle().await;
+    let (heap0, rss0) = (counting::live(), rss());
+    let start = Instant::now();
+    let mut child = spawn_child(&[
+        "manager".into(),
+        n.to_string(),
+        hub_addr.addr.to_string(),
+        hub_addr.peer.to_string(),
+    ])?;
+    let ready = child_ready(&mut child, limit).await;
+    let _ = wait_until(Duration::from_secs(10), || hub.open_connections() >= n).await;
+    let setup_secs = start.elapsed().as_secs_f64();
+    let held = hub.open_connections();
+    if ready.is_none() {
+        eprintln!("e2e: the child did not report ready within {limit:?}; {held} connections held");
+    }
+    for p in hub.peers() {
+        let _ = hub.disconnect(&p).await;
+    }
+    let _ = wait_until(Duration::from_secs(5), || hub.pooled_connections() >= held).await;
+    settle().await;
+    let pooled = hub.pooled_connections();
+    let (heap1, rss1) = (counting::live(), rss());
+    let _ = child.kill();
+    let _ = child.wait();
+    hub.shutdown(Duration::from_millis(200)).await;
+    let k = held.max(1) as f64;
+    Ok(MemRun {
+        heap_per_conn: (heap1 - heap0) as f64 / k,
+        rss_per_conn: (rss1 - rss0) as f64 / k,
+        heap_total: (heap1 - heap0) as f64,
+        setup_secs,
+        held,
+        pooled,
+    })
+}
+
+async fn raw_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
+    let server = raw_server(1, 0)?;
+    let addr = server.local_addr()?;
+    settle().await;
+    let held: Arc<
+        parking_lot::Mutex<Vec<(quinn::Connection, quinn::SendStream, quinn::RecvStream)>>,
+    > = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(0)));
+    let count = Arc::new(AtomicUsize::new(0));
+    let (heap0, rss0) = (counting::live(), rss());
+    let (keep, counter) = (held.clone(), count.clone());
+    let accept = tokio::spawn(async move {
+        while let Some(i) = server.accept().await {
+            let (keep, counter) = (keep.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(c) = i.await else { return };
+                let Ok((tx, mut rx)) = c.accept_bi().await else {
+                    return;
+                };
+                let mut one = [0u8; 1];
+                if rx.read_exact(&mut one).await.is_ok() {
+                    keep.lock().push((c, tx, rx));
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let start = Instant::now();
+    let mut child = spawn_child(&["raw".into(), n.to_string(), addr.to_string()])?;
+    let _ = child_ready(&mut child, limit).await;
+    let _ = wait_until(Duration::from_secs(10), || {
+        count.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    let setup_secs = start.elapsed().as_secs_f64();
+    settle().await;
+    let got = count.load(Ordering::Relaxed);
+    let (heap1, rss1) = (counting::live(), rss());
+    let _ = child.kill();
+    let _ = child.wait();
+    accept.abort();
+    held.lock().clear();
+    let k = got.max(1) as f64;
+    Ok(MemRun {
+        heap_per_conn: (heap1 - heap0) as f64 / k,
+        rss_per_conn: (rss1 - rss0) as f64 / k,
+        heap_total: (heap1 - heap0) as f64,
+        setup_secs,
+        held: got,
+        pooled: 0,
+    })
+}
+
+async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let limit = Duration::from_secs(if plan.quick { 60 } else { 240 });
+    let n = plan.mem_conns;
+    let raw = raw_memory(n, limit).await?;
+    let mgr = manager_memory(n, limit).await?;
+    out.result(
+        "memory per idle connection",
+        &format!(
+            "manager, pooled idle connection (heap, {} held, {} pooled)",
+            mgr.held, mgr.pooled
+        ),
+        mgr.heap_per_conn,
+        "B",
+        &format!(
+            "raw quinn connection + one open bidi stream (heap, {} held)",
+            raw.held
+        ),
+        raw.heap_per_conn,
+        mgr.heap_per_conn / raw.heap_per_conn,
+        Some(("<=", 1.2)),
+        "live heap bytes counted at the allocator, listener side only; ratio = manager / baseline",
+    );
+    out.result(
+        "memory per idle connection",
+        "manager, pooled idle connection (RSS)",
+        mgr.rss_per_conn,
+        "B",
+        "raw quinn connection + one open bidi stream (RSS)",
+        raw.rss_per_conn,
+        mgr.rss_per_conn / raw.rss_per_conn,
+        None,
+        "RSS delta of the listener process; coarse (pages, allocator caching)",
+    );
+    let many = manager_memory(plan.many_conns, limit).await?;
+    out.result(
+        "concurrent connections",
+        &format!("manager holding {} connections ({} held, {} pooled)", plan.many_conns, many.held, many.pooled),
+        many.setup_secs,
+        "s",
+        "",
+        f64::NAN,
+        f64::NAN,
+        None,
+        &format!(
+            "set-up time (dials from a child process); listener heap {:.1} MiB total, {:.0} B per connection, RSS {:.0} B per connection",
+            many.heap_total / (1 << 20) as f64,
+            many.heap_per_conn,
+            many.rss_per_conn
+        ),
+    );
+    Ok(())
+}
+
+// -------------------------------------------------------------------- child
+
+/// The child process: opens `n` connections to the parent and holds them
+/// until killed. `manager`: one qudag QUIC endpoint (own identity) per
+/// connection, dial + batch stream; `raw`: one raw quinn client endpoint.
+async fn child(args: &[String]) -> Result<(), BoxError> {
+    let kind = args.first().map(String::as_str).unwrap_or("");
+    let n: usize = args.get(1).ok_or("count")?.parse()?;
+    let addr: std::net::SocketAddr = args.get(2).ok_or("addr")?.parse()?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    match kind {
+        "manager" => {
+            let peer: PeerId = args.get(3).ok_or("peer")?.parse()?;
+            let to = PeerAddr::new(peer, addr);
+            for _ in 0..n {
+                let (sem, done) = (sem.clone(), done.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await.ok()?;
+                    let id = Identity::generate().ok()?;
+                    let t = QuicTransport::bind(
+                        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                        &id,
+                        QuicConfig::default(),
+                    )
+                    .ok()?;
+                    let conn = t.dial(&to).await.ok()?;
+                    let streams = conn.open_stream().await.ok()?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    Some(Box::new((t, conn, streams)) as Box<dyn std::any::Any + Send>)
+                });
+            }
+        }
+        "raw" => {
+            let client = raw_client(0, 0)?;
+            for _ in 0..n {
+                let (sem, done, client) = (sem.clone(), done.clone(), client.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await.ok()?;
+                    let c = client.connect(addr, "raw").ok()?.await.ok()?;
+                    let (mut tx, rx) = c.open_bi().await.ok()?;
+                    tx.write_all(&[1]).await.ok()?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    Some(Box::new((c, tx, rx)) as Box<dyn std::any::Any + Send>)
+                });
+            }
+        }
+        other => return Err(format!("unknown child kind {other:?}").into()),
+    }
+    let mut keep = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Some(k)) = r {
+            keep.push(k);
+        }
+    }
+    println!("ready {}", keep.len());
+    std::io::stdout().flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+// --------------------------------------------------------------------- main
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let rest = args[i + 1..].to_vec();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        return rt.block_on(child(&rest));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let out_path = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/qudag-bench/e2e.jsonl")
+        });
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = Out {
+        file: std::fs::File::create(&out_path)?,
+    };
+    let plan = Plan::new(quick);
+    out.info("mode", if quick { "quick" } else { "full" });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let wants = |s: &str| only.as_deref().is_none_or(|o| o == s);
+        let t = Instant::now();
+        if wants("throughput") {
+            throughput(&plan, &mut out).await?;
+            eprintln!("e2e: throughput done at {:?}", t.elapsed());
+        }
+        if wants("connect") {
+            connect(&plan, &mut out).await?;
+            eprintln!("e2e: connect done at {:?}", t.elapsed());
+        }
+        if wants("latency") {
+            latency(&plan, &mut out).await?;
+            eprintln!("e2e: latency done at {:?}", t.elapsed());
+        }
+        if wants("memory") {
+            memory(&plan, &mut out).await?;
+            eprintln!("e2e: memory done at {:?}", t.elapsed());
+        }
+        out.info("elapsed_s", &format!("{:.1}", t.elapsed().as_secs_f64()));
+        Ok::<_, BoxError>(())
+    })
+}
