@@ -57,7 +57,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=64))]
     pub(crate) nodes: u16,
     /// Messages in total, split evenly over the sending pairs.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pub(crate) messages: u64,
     /// Payload size of each message, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 128)]

@@ -10,8 +10,8 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Args;
 use qudag_net::{
-    ConnectionManager, Event, Events, ManagerConfig, NetError, PeerAddr, QuicConfig, QuicTransport,
-    TransportError, UndeliveredReason,
+    ConnState, ConnectionManager, Event, Events, ManagerConfig, NetError, PeerAddr, QuicConfig,
+    QuicTransport, TransportError, UndeliveredReason,
 };
 use tokio::time::Instant;
 
@@ -116,6 +116,8 @@ pub(crate) struct HandedBack {
     pub(crate) messages: u64,
     /// The first reason seen.
     pub(crate) first_reason: Option<UndeliveredReason>,
+    /// A connection went to `Failed` or `Disconnected`.
+    pub(crate) connection_lost: bool,
 }
 
 impl HandedBack {
@@ -128,12 +130,29 @@ impl HandedBack {
 
     /// Counts one event.
     pub(crate) fn on_event(&mut self, ev: Event) {
-        if let Event::Undelivered {
-            messages, reason, ..
-        } = ev
-        {
-            self.messages += messages.len() as u64;
-            self.first_reason.get_or_insert(reason);
+        match ev {
+            Event::Undelivered {
+                messages, reason, ..
+            } => {
+                self.messages += messages.len() as u64;
+                self.first_reason.get_or_insert(reason);
+            }
+            Event::StateChanged {
+                to: ConnState::Failed | ConnState::Disconnected,
+                ..
+            } => self.connection_lost = true,
+            _ => {}
+        }
+    }
+
+    /// Why sending should stop, if it should.
+    pub(crate) fn stop_reason(&self) -> Option<String> {
+        if let Some(reason) = self.first_reason {
+            Some(format!("messages came back undelivered ({reason})"))
+        } else if self.connection_lost {
+            Some("the connection to the peer was lost".to_owned())
+        } else {
+            None
         }
     }
 }
@@ -199,31 +218,48 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep_until(due).await;
         }
-        match tokio::time::timeout_at(deadline, manager.send(&to.peer, payload.clone())).await {
-            Ok(Ok(())) => sent += 1,
-            Ok(Err(e)) => {
-                stop = Some(format!("send failed: {e}"));
-                break;
-            }
-            Err(_) => {
+        // `send` waits while the queue is full; an event (a lost connection)
+        // or the deadline interrupts the wait. A cancelled `send` did not
+        // accept its message, so nothing is miscounted.
+        tokio::select! {
+            r = manager.send(&to.peer, payload.clone()) => match r {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    stop = Some(format!("send failed: {e}"));
+                    break;
+                }
+            },
+            ev = events.recv() => match ev {
+                Some(ev) => back.on_event(ev),
+                None => {
+                    stop = Some("the connection manager stopped".to_owned());
+                    break;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
                 stop = Some(format!("timed out after {timeout:?} while sending"));
                 break;
             }
         }
         if sent % EVENT_CHECK_EVERY == 0 {
             back.drain(&mut events);
-            if let Some(reason) = back.first_reason {
-                stop = Some(format!("messages came back undelivered ({reason})"));
-                break;
-            }
+        }
+        if let Some(why) = back.stop_reason() {
+            stop = Some(why);
+            break;
         }
     }
 
-    // Wait until every accepted message is acknowledged or handed back.
-    loop {
+    // Wait until every accepted message is acknowledged or handed back; on a
+    // lost connection, the shutdown below hands back what is outstanding.
+    while stop.is_none() {
         back.drain(&mut events);
         let acked = manager.metrics_snapshot().messages_acked;
         if acked + back.messages >= sent {
+            break;
+        }
+        if let Some(why) = back.stop_reason() {
+            stop = Some(why);
             break;
         }
         if Instant::now() >= deadline {
@@ -364,5 +400,32 @@ mod tests {
         });
         assert_eq!(b.messages, 5);
         assert_eq!(b.first_reason, Some(UndeliveredReason::Unreachable));
+    }
+
+    #[test]
+    fn a_lost_connection_stops_sending() {
+        let mut b = HandedBack::default();
+        let peer = to().peer;
+        b.on_event(Event::StateChanged {
+            peer,
+            from: ConnState::Connecting,
+            to: ConnState::Connected,
+        });
+        assert_eq!(b.stop_reason(), None);
+        b.on_event(Event::StateChanged {
+            peer,
+            from: ConnState::Connected,
+            to: ConnState::Failed,
+        });
+        assert!(b.connection_lost);
+        assert!(b.stop_reason().unwrap().contains("lost"));
+        b.on_event(Event::Undelivered {
+            peer,
+            messages: vec![Bytes::new()],
+            reason: UndeliveredReason::ConnectionFailed,
+            maybe_delivered: true,
+        });
+        // The hand-back reason is more precise than the state change.
+        assert!(b.stop_reason().unwrap().contains("connection failed"));
     }
 }

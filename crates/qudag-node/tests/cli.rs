@@ -453,3 +453,46 @@ fn usage_errors_exit_non_zero() {
     assert!(!s.status.success());
     assert!(s.stderr.contains("PEERID@IP:PORT"), "{}", s.stderr);
 }
+
+#[test]
+fn sender_fails_fast_when_the_listener_goes_away() {
+    // The listener leaves after 1000 messages; the sender must notice, stop,
+    // and account for every accepted message (delivered or handed back).
+    let l = listen(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--expect",
+        "1000",
+        "--linger",
+        "0.001",
+        "--timeout",
+        "120",
+    ]);
+    let s = run(&[
+        "send",
+        "--to",
+        l.peer_addr(),
+        "--count",
+        "100000",
+        "--rate",
+        "20000",
+        "--size",
+        "16",
+        "--json",
+        "--timeout",
+        "120",
+    ]);
+    assert_one_line_error(&s, "not delivered");
+    let json = parse_json_numbers(s.stdout.lines().next().expect("a JSON line"));
+    assert!(json["delivered"] >= 1000.0, "{json:?}");
+    assert!(
+        json["sent"] < 100_000.0,
+        "the sender stopped early: {json:?}"
+    );
+    assert_eq!(
+        json["delivered"] + json["undelivered"],
+        json["sent"],
+        "{json:?}"
+    );
+    assert!(l.finish().status.success());
+}
