@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", one_line(&chain_text(&e)));
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -96,6 +96,25 @@ fn init_tracing() {
         .init();
 }
 
+/// The error and its causes joined with `: `, skipping a cause whose text
+/// the previous message already contains (some errors print their source).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
+}
+
 /// Folds a possibly multi-line message into one line.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -109,6 +128,17 @@ mod tests {
     fn one_line_folds_newlines_and_runs_of_spaces() {
         assert_eq!(one_line("a\nb  c\r\n d"), "a b c d");
         assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn chain_text_skips_causes_already_printed() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io)
+            .context("i/o error: disk on fire")
+            .context("cannot listen");
+        assert_eq!(chain_text(&e), "cannot listen: i/o error: disk on fire");
+        let e = anyhow::anyhow!("root").context("outer");
+        assert_eq!(chain_text(&e), "outer: root");
     }
 
     #[test]
