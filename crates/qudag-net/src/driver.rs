@@ -24,6 +24,9 @@ use crate::manager::Shared;
 use crate::session::{self, CloseCode, Pooled, ReaderCtx, ReaderEvent, Session, SessionEnd};
 use crate::{Event, NetError, UndeliveredReason};
 
+/// How long a shutting-down driver waits for the peer to read its last frames and close.
+const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A message on its way: the payload and when `send` accepted it.
 #[derive(Debug)]
 pub(crate) struct Envelope {
@@ -653,6 +656,9 @@ impl Driver {
         };
         let cap = session.buf.capacity();
         self.shared.sink.memory(-(cap as isize));
+        // Closing is idempotent: the first reason stands. This releases the
+        // peer at once instead of when the last handle is dropped.
+        session.handle.close(CloseCode::Normal);
         // Only this driver parks sessions of this peer, so its pool entry, if any, is this session.
         self.shared.pool.remove(&self.peer.id);
         match &end {
@@ -751,7 +757,26 @@ impl Driver {
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            // Acknowledge what the application took before the shutdown began.
+            let mut pending = Vec::new();
             if let Some(s) = self.session.as_mut() {
+                while let Ok(ev) = s.events.try_recv() {
+                    pending.push(ev);
+                }
+            }
+            for ev in pending {
+                self.on_reader_event(Some(ev)).await;
+            }
+            if let Some(s) = self.session.as_mut() {
+                // Finish our direction so the peer reads our last frames (acks
+                // included) to the end, then give it until the deadline, at
+                // most SHUTDOWN_LINGER, to close the connection itself; a close
+                // from us would discard what it has not read yet.
+                let linger = deadline.min(Instant::now() + SHUTDOWN_LINGER);
+                if tokio::time::timeout_at(linger, s.writer.shutdown()).await.is_ok() {
+                    let conn = s.handle.conn.clone();
+                    let _ = tokio::time::timeout_at(linger, conn.closed()).await;
+                }
                 s.handle.close(CloseCode::Shutdown);
                 self.shared.sink.connection_closed(CloseKind::Shutdown);
                 // Stop the reader and wait until it has let go of its buffers.

@@ -9,6 +9,7 @@ use qudag_metrics::MetricsSink;
 use qudag_pool::ConnState;
 use tokio::sync::mpsc;
 
+use crate::session::{Delivery, Receipt};
 use crate::UndeliveredReason;
 
 /// Something that happened to a peer.
@@ -64,10 +65,34 @@ impl Events {
 ///
 /// Messages arrive a batch at a time and are handed out one at a time, so
 /// the per-message cost is a slice hand-off, not a channel operation.
+///
+/// A batch is acknowledged to its sender when the application has taken
+/// its last message from here: "delivered" means returned by
+/// [`recv`](Incoming::recv), [`try_recv`](Incoming::try_recv) or
+/// [`recv_batch`](Incoming::recv_batch). Messages still queued here when
+/// `Incoming` is dropped are not acknowledged, and their sender hands them
+/// back (marked maybe delivered).
 pub struct Incoming {
-    pub(crate) rx: mpsc::Receiver<(PeerId, Vec<Bytes>)>,
-    pub(crate) current: Option<(PeerId, std::vec::IntoIter<Bytes>)>,
+    pub(crate) rx: mpsc::Receiver<Delivery>,
+    pub(crate) current: Option<Current>,
     pub(crate) sink: Arc<dyn MetricsSink>,
+}
+
+/// The batch being handed out.
+pub(crate) struct Current {
+    peer: PeerId,
+    rest: std::vec::IntoIter<Bytes>,
+    receipt: Option<Receipt>,
+}
+
+impl Current {
+    fn new(d: Delivery) -> Self {
+        Current {
+            peer: d.peer,
+            rest: d.messages.into_iter(),
+            receipt: Some(d.receipt),
+        }
+    }
 }
 
 impl std::fmt::Debug for Incoming {
@@ -84,8 +109,7 @@ impl Incoming {
             if let Some(m) = self.take_buffered() {
                 return Some(m);
             }
-            let (peer, batch) = self.rx.recv().await?;
-            self.current = Some((peer, batch.into_iter()));
+            self.current = Some(Current::new(self.rx.recv().await?));
         }
     }
 
@@ -95,38 +119,45 @@ impl Incoming {
             if let Some(m) = self.take_buffered() {
                 return Some(m);
             }
-            let (peer, batch) = self.rx.try_recv().ok()?;
-            self.current = Some((peer, batch.into_iter()));
+            self.current = Some(Current::new(self.rx.try_recv().ok()?));
         }
     }
 
     /// The rest of the current batch and the next one, as a whole: for
     /// applications that process messages in bulk.
     pub async fn recv_batch(&mut self) -> Option<(PeerId, Vec<Bytes>)> {
-        if let Some((peer, rest)) = self.current.take() {
-            let rest: Vec<Bytes> = rest.collect();
+        if let Some(mut cur) = self.current.take() {
+            let rest: Vec<Bytes> = cur.rest.by_ref().collect();
+            if let Some(r) = cur.receipt.take() {
+                r.delivered();
+            }
             if !rest.is_empty() {
                 self.release(&rest);
-                return Some((peer, rest));
+                return Some((cur.peer, rest));
             }
         }
-        let (peer, batch) = self.rx.recv().await?;
-        self.release(&batch);
-        Some((peer, batch))
+        let d = self.rx.recv().await?;
+        self.release(&d.messages);
+        d.receipt.delivered();
+        Some((d.peer, d.messages))
     }
 
     fn take_buffered(&mut self) -> Option<(PeerId, Bytes)> {
-        let (peer, it) = self.current.as_mut()?;
-        match it.next() {
-            Some(msg) => {
-                self.sink.memory(-(msg.len() as isize));
-                Some((*peer, msg))
+        let cur = self.current.as_mut()?;
+        let Some(msg) = cur.rest.next() else {
+            self.current = None;
+            return None;
+        };
+        self.sink.memory(-(msg.len() as isize));
+        let peer = cur.peer;
+        if cur.rest.len() == 0 {
+            // The application has the whole batch: acknowledge it now.
+            if let Some(r) = cur.receipt.take() {
+                r.delivered();
             }
-            None => {
-                self.current = None;
-                None
-            }
+            self.current = None;
         }
+        Some((peer, msg))
     }
 
     fn release(&self, batch: &[Bytes]) {
@@ -137,13 +168,14 @@ impl Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if let Some((_, rest)) = self.current.take() {
-            let bytes: usize = rest.map(|m| m.len()).sum();
+        // Unread messages are released, not acknowledged.
+        if let Some(cur) = self.current.take() {
+            let bytes: usize = cur.rest.map(|m| m.len()).sum();
             self.sink.memory(-(bytes as isize));
         }
         self.rx.close();
-        while let Ok((_, batch)) = self.rx.try_recv() {
-            self.release(&batch);
+        while let Ok(d) = self.rx.try_recv() {
+            self.release(&d.messages);
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
-use crate::session::{CloseCode, Pooled};
+use crate::session::{CloseCode, Delivery, Pooled};
 use crate::{Event, Events, Incoming, ManagerConfig, NetError, SendError};
 
 /// State shared by the manager handle, the drivers and the background tasks.
@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) backoff: Backoff,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sink: Arc<dyn MetricsSink>,
-    pub(crate) incoming_tx: mpsc::Sender<(PeerId, Vec<Bytes>)>,
+    pub(crate) incoming_tx: mpsc::Sender<Delivery>,
     pub(crate) events_tx: mpsc::UnboundedSender<Event>,
     pub(crate) pool_changed: Notify,
     pub(crate) codec_limits: CodecLimits,

@@ -84,10 +84,34 @@ impl Poolable for Pooled {
     }
 }
 
+/// A received batch on its way to the application.
+pub(crate) struct Delivery {
+    pub(crate) peer: PeerId,
+    pub(crate) messages: Vec<Bytes>,
+    pub(crate) receipt: Receipt,
+}
+
+/// Acknowledges a batch once the application has taken all of its messages.
+///
+/// Dropped without [`delivered`](Receipt::delivered) (the application went
+/// away with the batch unread), the batch is never acknowledged and its
+/// sender hands it back as maybe delivered.
+pub(crate) struct Receipt {
+    next_seq: u64,
+    to_driver: mpsc::UnboundedSender<ReaderEvent>,
+}
+
+impl Receipt {
+    pub(crate) fn delivered(self) {
+        // The session may have ended meanwhile; its sender then hands the batch back.
+        let _ = self.to_driver.send(ReaderEvent::Delivered(self.next_seq));
+    }
+}
+
 /// What the reader tells the peer's driver.
 #[derive(Debug)]
 pub(crate) enum ReaderEvent {
-    /// Batches with seq < n were delivered to the application: acknowledge them.
+    /// Batches with seq < n were taken by the application: acknowledge them.
     Delivered(u64),
     /// The peer acknowledged our batches with seq < n.
     Acked(u64),
@@ -124,7 +148,7 @@ impl Drop for Session {
 pub(crate) struct ReaderCtx {
     pub(crate) peer: PeerId,
     pub(crate) limits: CodecLimits,
-    pub(crate) incoming: mpsc::Sender<(PeerId, Vec<Bytes>)>,
+    pub(crate) incoming: mpsc::Sender<Delivery>,
     pub(crate) sink: Arc<dyn MetricsSink>,
 }
 
@@ -229,7 +253,6 @@ async fn read_frames(
     // Accounts the buffer's capacity in `memory` and gives it back however the reader ends.
     let mut held = Held::new(ctx.sink.clone(), buf.capacity());
     loop {
-        let mut delivered = None;
         while let Some(frame) = decoder.decode(&mut buf).map_err(decode_error)? {
             match frame {
                 Frame::Batch(mut sealed) => {
@@ -246,20 +269,29 @@ async fn read_frames(
                     for m in &messages {
                         ctx.sink.message_received(m.len());
                     }
+                    let receipt = Receipt {
+                        next_seq: seq + 1,
+                        to_driver: tx.clone(),
+                    };
+                    if messages.is_empty() {
+                        receipt.delivered();
+                        continue;
+                    }
                     ctx.sink.memory(bytes as isize);
-                    if ctx.incoming.send((ctx.peer, messages)).await.is_err() {
+                    let delivery = Delivery {
+                        peer: ctx.peer,
+                        messages,
+                        receipt,
+                    };
+                    if ctx.incoming.send(delivery).await.is_err() {
                         ctx.sink.memory(-(bytes as isize));
                         return Err(ReadFailure::AppGone);
                     }
-                    delivered = Some(seq + 1);
                 }
                 Frame::Ack { next_seq } => {
                     let _ = tx.send(ReaderEvent::Acked(next_seq));
                 }
             }
-        }
-        if let Some(n) = delivered {
-            let _ = tx.send(ReaderEvent::Delivered(n));
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);

@@ -275,6 +275,10 @@ async fn reconnects_with_backoff_after_a_cut_link_heals() {
     a.mgr.connect(b.addr).await.unwrap();
     a.mgr.send(&b.addr.peer, msg(0)).await.unwrap();
     recv_n(&mut b.incoming, a.addr.peer, 1).await;
+    // b acknowledges once its application took the message; wait for a to hear it.
+    while a.mgr.metrics_snapshot().messages_acked < 1 {
+        tokio::task::yield_now().await;
+    }
 
     net.cut(a.addr.peer, b.addr.peer);
     for i in 1..=10 {

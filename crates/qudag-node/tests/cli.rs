@@ -484,7 +484,10 @@ fn sender_fails_fast_when_the_listener_goes_away() {
     ]);
     assert_one_line_error(&s, "not delivered");
     let json = parse_json_numbers(s.stdout.lines().next().expect("a JSON line"));
-    assert!(json["delivered"] >= 1000.0, "{json:?}");
+    // Acknowledged means taken by the listener's application, a whole batch at
+    // a time: never more than the 1000 it read, and some of them.
+    assert!(json["delivered"] <= 1000.0, "{json:?}");
+    assert!(json["delivered"] > 0.0, "{json:?}");
     assert!(
         json["sent"] < 100_000.0,
         "the sender stopped early: {json:?}"
