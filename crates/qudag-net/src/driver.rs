@@ -773,7 +773,10 @@ impl Driver {
                 // most SHUTDOWN_LINGER, to close the connection itself; a close
                 // from us would discard what it has not read yet.
                 let linger = deadline.min(Instant::now() + SHUTDOWN_LINGER);
-                if tokio::time::timeout_at(linger, s.writer.shutdown()).await.is_ok() {
+                if tokio::time::timeout_at(linger, s.writer.shutdown())
+                    .await
+                    .is_ok()
+                {
                     let conn = s.handle.conn.clone();
                     let _ = tokio::time::timeout_at(linger, conn.closed()).await;
                 }
