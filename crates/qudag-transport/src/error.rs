@@ -152,7 +152,7 @@ pub enum TransportError {
     #[error("endpoint setup failed: {0}")]
     Setup(String),
     /// An I/O error on the local socket.
-    #[error("i/o error: {0}")]
+    #[error("i/o error on the local socket")]
     Io(#[from] std::io::Error),
 }
 
