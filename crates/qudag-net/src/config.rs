@@ -35,6 +35,7 @@ pub struct ManagerConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) ack_timeout: Duration,
     pub(crate) max_redials: u32,
+    pub(crate) unreachable_after: Duration,
     pub(crate) peer_idle_timeout: Duration,
     pub(crate) sinks: Vec<Arc<dyn MetricsSink>>,
 }
@@ -50,9 +51,10 @@ impl Default for ManagerConfig {
             queue_capacity: 8192,
             incoming_capacity: 256,
             max_unacked_batches: 32,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(15),
             max_redials: 5,
+            unreachable_after: Duration::from_secs(10),
             peer_idle_timeout: Duration::from_secs(300),
             sinks: Vec::new(),
         }
@@ -71,6 +73,7 @@ impl fmt::Debug for ManagerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
             .field("max_redials", &self.max_redials)
+            .field("unreachable_after", &self.unreachable_after)
             .field("peer_idle_timeout", &self.peer_idle_timeout)
             .field("sinks", &self.sinks.len())
             .finish()
@@ -131,7 +134,7 @@ impl ManagerConfig {
         self
     }
 
-    /// Time allowed for a dial plus session set-up. Default: 10 s.
+    /// Time allowed for a dial plus session set-up. Default: 5 s.
     pub fn connect_timeout(&mut self, d: Duration) -> &mut Self {
         self.connect_timeout = d;
         self
@@ -148,6 +151,16 @@ impl ManagerConfig {
     /// before the waiting messages are handed back. Default: 5.
     pub fn max_redials(&mut self, n: u32) -> &mut Self {
         self.max_redials = n;
+        self
+    }
+
+    /// How long messages wait for a connection that keeps failing before
+    /// they are handed back as [`Unreachable`](crate::UndeliveredReason::Unreachable),
+    /// whichever of this and [`max_redials`](Self::max_redials) comes first.
+    /// A dial in progress is not cut short, so the wait can exceed this by
+    /// up to the connect timeout. Default: 10 s.
+    pub fn unreachable_after(&mut self, d: Duration) -> &mut Self {
+        self.unreachable_after = d;
         self
     }
 

@@ -80,6 +80,8 @@ pub(crate) struct Driver {
     unacked: VecDeque<Unacked>,
     redials: u32,
     next_redial: Option<Instant>,
+    /// Since when messages have waited for a connection that does not come.
+    down_since: Option<Instant>,
     /// Since when the driver has had nothing to do (no session, nothing queued).
     quiet_since: Option<Instant>,
 }
@@ -125,6 +127,7 @@ impl Driver {
             unacked: VecDeque::new(),
             redials: 0,
             next_redial: None,
+            down_since: None,
             quiet_since: None,
         };
         tokio::spawn(driver.run());
@@ -400,6 +403,7 @@ impl Driver {
         self.next_seq = 0;
         self.redials = 0;
         self.next_redial = None;
+        self.down_since = None;
         self.shared.backoff.on_success(&self.peer.id);
         if self.state() != ConnState::Connecting {
             self.set_state(ConnState::Connecting);
@@ -459,21 +463,32 @@ impl Driver {
         if self.session.is_some() && !self.idle {
             return;
         }
-        match self.connect().await {
+        let since = *self.down_since.get_or_insert_with(Instant::now);
+        let result = self.connect().await;
+        let too_long =
+            Instant::now().saturating_duration_since(since) >= self.shared.config.unreachable_after;
+        match result {
             Ok(()) => {}
-            Err(NetError::Backoff { retry_at, .. }) => {
-                self.next_redial = Some(Instant::from_std(retry_at));
+            Err(NetError::Backoff { retry_at, .. }) if !too_long => {
+                // Wake at the retry, or when the wait turns too long, whichever comes first.
+                let deadline = since + self.shared.config.unreachable_after;
+                self.next_redial = Some(Instant::from_std(retry_at).min(deadline));
             }
             Err(e) => {
                 self.redials += 1;
-                if self.redials > self.shared.config.max_redials
+                if too_long
+                    || self.redials > self.shared.config.max_redials
                     || matches!(e, NetError::UnknownPeer(_))
                 {
                     self.give_up(UndeliveredReason::Unreachable);
-                } else if let Some(at) = self.shared.backoff.retry_at(&self.peer.id) {
-                    self.next_redial = Some(Instant::from_std(at));
                 } else {
-                    self.next_redial = Some(Instant::now());
+                    let deadline = since + self.shared.config.unreachable_after;
+                    let retry = self
+                        .shared
+                        .backoff
+                        .retry_at(&self.peer.id)
+                        .map_or_else(Instant::now, Instant::from_std);
+                    self.next_redial = Some(retry.min(deadline));
                 }
             }
         }
@@ -482,6 +497,7 @@ impl Driver {
     /// Hands back everything waiting for this peer (redials exhausted).
     fn give_up(&mut self, reason: UndeliveredReason) {
         self.redials = 0;
+        self.down_since = None;
         self.next_redial = None;
         let mut msgs = self.drain_batcher();
         while let Ok(env) = self.rx.try_recv() {

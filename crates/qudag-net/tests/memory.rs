@@ -531,3 +531,51 @@ async fn idle_peers_are_forgotten_and_come_back_on_send() {
     assert_eq!(recv_n(&mut b.incoming, a.addr.peer, 1).await, vec![msg(2)]);
     assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
 }
+
+#[tokio::test(start_paused = true)]
+async fn messages_for_an_unreachable_peer_come_back_after_unreachable_after() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config
+        .max_redials(1000)
+        .unreachable_after(Duration::from_secs(10));
+    config
+        .backoff_mut()
+        .base(Duration::from_secs(1))
+        .cap(Duration::from_secs(60));
+    let mut a = node_with(&net, "a", config);
+    let b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    net.cut(a.addr.peer, b.addr.peer);
+    let start = tokio::time::Instant::now();
+    for i in 0..10 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    let mut back = Vec::new();
+    while back.len() < 10 {
+        match a.events.recv().await.unwrap() {
+            Event::Undelivered {
+                messages,
+                reason,
+                maybe_delivered,
+                ..
+            } => {
+                assert_eq!(reason, UndeliveredReason::Unreachable);
+                assert!(!maybe_delivered, "never written: certainly not delivered");
+                back.extend(messages);
+            }
+            Event::StateChanged { .. } => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10),
+        "handed back too early: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_secs(11),
+        "handed back too late: {waited:?}"
+    );
+    assert_eq!(back, (0..10).map(msg).collect::<Vec<_>>(), "in send order");
+}
