@@ -123,9 +123,9 @@ impl Plan {
         } else {
             Plan {
                 quick,
-                repeats: 3,
-                bytes_per_run: 96 << 20,
-                max_messages: 200_000,
+                repeats: 5,
+                bytes_per_run: 256 << 20,
+                max_messages: 500_000,
                 connects: 40,
                 latency_run: Duration::from_secs(2),
                 loads: &[100, 1000, 5000, 20_000],
