@@ -1,0 +1,152 @@
+//! Helpers shared by the reliability and security suites (`impairment.rs`,
+//! `hostile.rs`, `floods.rs`): nodes over either transport, numbered
+//! messages, the delivery-contract check, and the UDP impairment proxy.
+//!
+//! Every test file uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub(crate) mod proxy;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use qudag_net::{
+    ConnectionManager, Event, Events, Identity, Incoming, ManagerConfig, MemoryNetwork,
+    MemoryTransport, PeerAddr, PeerId, QuicConfig, QuicTransport, Transport, UndeliveredReason,
+};
+
+/// A manager with its taken `Incoming` and `Events`, and the address peers dial.
+pub(crate) struct Node {
+    pub(crate) mgr: ConnectionManager,
+    pub(crate) incoming: Incoming,
+    pub(crate) events: Events,
+    pub(crate) addr: PeerAddr,
+}
+
+/// A node on the in-memory network, named `name`.
+pub(crate) fn memory_node(net: &MemoryNetwork, name: &str, config: ManagerConfig) -> Node {
+    let t: Arc<MemoryTransport> = Arc::new(net.bind(PeerId::from_public_key(name.as_bytes())));
+    node_on(t, config)
+}
+
+/// A node on a QUIC endpoint bound to 127.0.0.1 with a fresh identity.
+pub(crate) fn quic_node(config: ManagerConfig, quic: QuicConfig) -> Node {
+    let id = Identity::generate().expect("identity");
+    let t = QuicTransport::bind("127.0.0.1:0".parse().expect("addr"), &id, quic).expect("bind");
+    node_on(Arc::new(t), config)
+}
+
+/// A node on `t`.
+pub(crate) fn node_on(t: Arc<dyn Transport>, config: ManagerConfig) -> Node {
+    let addr = PeerAddr::new(t.local_peer(), t.local_addr());
+    let mgr = ConnectionManager::new(config, t);
+    Node {
+        incoming: mgr.incoming().expect("incoming taken once"),
+        events: mgr.events().expect("events taken once"),
+        mgr,
+        addr,
+    }
+}
+
+/// Message number `i`, `len` bytes long (at least 16): `message-%08d` then padding.
+pub(crate) fn msg(i: u32, len: usize) -> Bytes {
+    let mut v = format!("message-{i:08}").into_bytes();
+    v.resize(len.max(16), b'.');
+    Bytes::from(v)
+}
+
+/// The number of a message made by [`msg`].
+pub(crate) fn index(m: &[u8]) -> u32 {
+    std::str::from_utf8(&m[8..16])
+        .expect("utf-8 index")
+        .parse()
+        .expect("numbered message")
+}
+
+/// What came back undelivered, in event order.
+#[derive(Debug, Default)]
+pub(crate) struct HandedBack {
+    /// Message numbers, in the order they came back.
+    pub(crate) messages: Vec<u32>,
+    /// The reasons seen.
+    pub(crate) reasons: HashSet<UndeliveredReason>,
+    /// State changes seen, `(from, to)`.
+    pub(crate) states: Vec<(qudag_net::ConnState, qudag_net::ConnState)>,
+}
+
+impl HandedBack {
+    /// Records one event.
+    pub(crate) fn record(&mut self, ev: Event) {
+        match ev {
+            Event::Undelivered {
+                messages, reason, ..
+            } => {
+                self.reasons.insert(reason);
+                self.messages.extend(messages.iter().map(|m| index(m)));
+            }
+            Event::StateChanged { from, to, .. } => self.states.push((from, to)),
+            _ => {}
+        }
+    }
+
+    /// Records every event already queued.
+    pub(crate) fn drain(&mut self, events: &mut Events) {
+        while let Some(ev) = events.try_recv() {
+            self.record(ev);
+        }
+    }
+}
+
+/// Asserts the delivery contract for messages `0..accepted` sent in order
+/// from one sender to one receiver:
+///
+/// - `received` is strictly increasing (in order, no duplicates) and holds
+///   only accepted messages;
+/// - every accepted message is received or handed back;
+/// - `acked + handed back == accepted`, exactly;
+/// - every message not handed back was received (acked implies received).
+pub(crate) fn assert_contract(accepted: u32, received: &[u32], handed_back: &[u32], acked: u64) {
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "received messages are in order and duplicate-free"
+    );
+    assert!(
+        received.iter().all(|&i| i < accepted),
+        "only accepted messages are received"
+    );
+    let back: HashSet<u32> = handed_back.iter().copied().collect();
+    assert_eq!(
+        back.len(),
+        handed_back.len(),
+        "nothing is handed back twice"
+    );
+    assert!(
+        back.iter().all(|&i| i < accepted),
+        "only accepted messages come back"
+    );
+    assert_eq!(
+        acked + handed_back.len() as u64,
+        u64::from(accepted),
+        "acked ({acked}) + handed back ({}) == accepted ({accepted})",
+        handed_back.len()
+    );
+    let got: HashSet<u32> = received.iter().copied().collect();
+    let missing: Vec<u32> = (0..accepted)
+        .filter(|i| !back.contains(i) && !got.contains(i))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acked messages were not received (first ones: {missing:?})"
+    );
+}
+
+/// Guard for awaits that must complete: fails the test after `limit`.
+pub(crate) async fn guard<F: std::future::Future>(what: &str, limit: Duration, f: F) -> F::Output {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
