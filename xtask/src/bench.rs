@@ -398,14 +398,15 @@ fn markdown(micro: &[report::Micro], e2e: &[Line], command: &str, quick: bool) -
     if !any {
         s.push_str("Nothing to explain: every goal was met.\n\n");
     }
-    let many = e2e
-        .iter()
-        .find(|l| field(l, "scenario") == "concurrent connections");
-    if let Some(l) = many {
+    for l in e2e.iter().filter(|l| {
+        field(l, "kind") == "result" && field(l, "scenario") == "concurrent connections"
+    }) {
         let _ = writeln!(
             s,
-            "**Concurrent connections.** {}: {}.\n",
+            "**Concurrent connections.** {}: {} (raw quinn {}); {}.\n",
             field(l, "figure"),
+            report::value(num(l, "value"), field(l, "unit")),
+            report::value(num(l, "baseline_value"), field(l, "unit")),
             field(l, "note")
         );
     }
