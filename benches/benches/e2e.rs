@@ -10,9 +10,10 @@
 //!
 //! Run: `cargo bench -p qudag-benches --bench e2e -- [--quick] [--out PATH]`.
 //!
-//! Memory is counted by a `GlobalAlloc` wrapper (live heap bytes) and by RSS;
-//! the peers that hold the other end of the connections run in a child
-//! process (this binary, `--child ...`), so the parent counts one side only.
+//! Memory is counted by a `GlobalAlloc` wrapper (live heap bytes) and by RSS,
+//! each measurement in a fresh process (this binary, `--measure ...`); the
+//! peers that hold the other end of the connections run in a child of that
+//! process (`--child ...`), so only the listener's side is counted.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, Write as _};
@@ -727,6 +728,74 @@ struct MemRun {
     setup_secs: f64,
     held: usize,
     pooled: usize,
+    /// The manager's own `memory_bytes` gauge per connection (buffers it accounts).
+    accounted_per_conn: f64,
+}
+
+impl MemRun {
+    fn to_line(&self) -> String {
+        format!(
+            "measured {} {} {} {} {} {} {}",
+            self.heap_per_conn,
+            self.rss_per_conn,
+            self.heap_total,
+            self.setup_secs,
+            self.held,
+            self.pooled,
+            self.accounted_per_conn
+        )
+    }
+
+    fn from_line(line: &str) -> Option<MemRun> {
+        let mut f = line.strip_prefix("measured ")?.split_whitespace();
+        let mut next = || f.next()?.parse::<f64>().ok();
+        Some(MemRun {
+            heap_per_conn: next()?,
+            rss_per_conn: next()?,
+            heap_total: next()?,
+            setup_secs: next()?,
+            held: next()? as usize,
+            pooled: next()? as usize,
+            accounted_per_conn: next()?,
+        })
+    }
+}
+
+/// Runs one memory measurement in a fresh process (`--measure`), so that
+/// neither its heap nor its RSS is disturbed by what earlier scenarios freed.
+async fn measure_in_process(kind: &str, n: usize, limit: Duration) -> Result<MemRun, BoxError> {
+    let exe = std::env::current_exe()?;
+    let args = [
+        "--measure".to_owned(),
+        kind.to_owned(),
+        n.to_string(),
+        limit.as_secs().to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(exe)
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+    })
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(MemRun::from_line)
+        .ok_or_else(|| format!("memory measurement {kind} {n} printed no result: {text}").into())
+}
+
+/// The `--measure` process: one measurement, one `measured ...` line.
+async fn measure(args: &[String]) -> Result<(), BoxError> {
+    let kind = args.first().map(String::as_str).unwrap_or("");
+    let n: usize = args.get(1).ok_or("count")?.parse()?;
+    let limit = Duration::from_secs(args.get(2).ok_or("limit")?.parse()?);
+    let run = match kind {
+        "raw" => raw_memory(n, limit).await?,
+        "manager" => manager_memory(n, limit).await?,
+        other => return Err(format!("unknown measurement {other:?}").into()),
+    };
+    println!("{}", run.to_line());
+    Ok(())
 }
 
 fn spawn_child(args: &[String]) -> Result<std::process::Child, BoxError> {
@@ -786,6 +855,7 @@ async fn manager_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
     let _ = wait_until(Duration::from_secs(5), || hub.pooled_connections() >= held).await;
     settle().await;
     let pooled = hub.pooled_connections();
+    let accounted = hub.metrics_snapshot().memory_bytes as f64;
     let (heap1, rss1) = (counting::live(), rss());
     let _ = child.kill();
     let _ = child.wait();
@@ -798,6 +868,7 @@ async fn manager_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
         setup_secs,
         held,
         pooled,
+        accounted_per_conn: accounted / k,
     })
 }
 
@@ -850,14 +921,15 @@ async fn raw_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
         setup_secs,
         held: got,
         pooled: 0,
+        accounted_per_conn: 0.0,
     })
 }
 
 async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     let limit = Duration::from_secs(if plan.quick { 60 } else { 240 });
     let n = plan.mem_conns;
-    let raw = raw_memory(n, limit).await?;
-    let mgr = manager_memory(n, limit).await?;
+    let raw = measure_in_process("raw", n, limit).await?;
+    let mgr = measure_in_process("manager", n, limit).await?;
     out.result(
         "memory per idle connection",
         &format!(
@@ -873,7 +945,10 @@ async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         raw.heap_per_conn,
         mgr.heap_per_conn / raw.heap_per_conn,
         Some(("<=", 1.2)),
-        "live heap bytes counted at the allocator, listener side only; ratio = manager / baseline",
+        &format!(
+            "live heap bytes counted at the allocator, listener side only, each side measured in a fresh process; of the manager's figure, {:.1} KiB per connection are buffers it accounts in its memory gauge; ratio = manager / baseline",
+            mgr.accounted_per_conn / 1024.0
+        ),
     );
     out.result(
         "memory per idle connection",
@@ -884,10 +959,10 @@ async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         raw.rss_per_conn,
         mgr.rss_per_conn / raw.rss_per_conn,
         None,
-        "RSS delta of the listener process; coarse (pages, allocator caching)",
+        "RSS delta of the listener process (fresh process per measurement); coarse: pages, not bytes, and untouched allocations do not count",
     );
-    let many = manager_memory(plan.many_conns, limit).await?;
-    let many_raw = raw_memory(plan.many_conns, limit).await?;
+    let many = measure_in_process("manager", plan.many_conns, limit).await?;
+    let many_raw = measure_in_process("raw", plan.many_conns, limit).await?;
     out.result(
         "concurrent connections",
         &format!(
@@ -993,6 +1068,14 @@ async fn child(args: &[String]) -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--measure") {
+        let rest = args[i + 1..].to_vec();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(measure(&rest));
+    }
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let rest = args[i + 1..].to_vec();
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -187,6 +187,38 @@ fn machine(command: &str) -> String {
     );
     let _ = writeln!(s, "- OS: {os}, kernel {}", sh("uname", &["-r"]));
     let _ = writeln!(s, "- rustc: {}", sh("rustc", &["--version"]));
+    let root = project_root();
+    let root = root.to_string_lossy();
+    let commit = sh("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    let dirty = sh(
+        "git",
+        &[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--",
+            "crates",
+            "benches",
+        ],
+    );
+    let dirty: Vec<&str> = dirty
+        .lines()
+        .filter(|l| l.len() > 3 && !l.starts_with("??"))
+        .map(|l| l[3..].trim())
+        .collect();
+    let _ = writeln!(
+        s,
+        "- Source: commit `{commit}`{}",
+        if dirty.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " plus uncommitted changes to {} (a shared checkout: other work in progress was measured too)",
+                dirty.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+            )
+        }
+    );
     let _ = writeln!(s, "- Load average when the report was written: {}", {
         std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -262,18 +294,17 @@ const WHY: &[(&str, &str, &str)] = &[
     (
         "memory per idle connection",
         "heap",
-        "**Memory per idle pooled connection.** Each session's reader reserves its 64 KiB read \
-         buffer (`READ_CHUNK` in `qudag-net/src/session.rs`) up front and keeps it while idle; \
-         that alone is about 64 KiB per connection, more than the whole raw quinn connection. The \
-         rest is the per-peer driver task, its channels and the session's write buffer. What would \
-         close it: read into a small buffer (or `read_chunk`, which hands out quinn's own buffers) \
-         and grow to 64 KiB only under load, releasing it when the connection goes idle or into \
-         the pool; that would bring the figure near the baseline plus the driver's few KiB. \
-         The RSS row tells the other half of the story: glibc hands out the 64 KiB without \
-         touching it, so while the connection stays idle most of that buffer is address space, \
-         not resident memory, and the resident cost per connection is close to raw quinn's. \
-         The heap count is the one the goal is read against, because the first burst of traffic \
-         makes those pages resident and they stay so.",
+        "**Memory per idle pooled connection.** Beyond quinn's own connection state, the manager \
+         keeps per connection: the reader's receive buffer and the session's write buffer (both \
+         accounted in the manager's memory gauge; the row notes give the figure per connection), \
+         two sealers, the per-peer driver and reader tasks with their channels, and the pool \
+         and peer-table entries. What would close it: give buffers back when a connection goes \
+         into the pool (read and write buffers can start empty on reuse), run one task per \
+         connection instead of a driver plus a reader, and size channels lazily. \
+         The RSS row is the other half of the story: untouched allocations are address space, \
+         not resident memory, so the resident cost per connection can sit at or below raw \
+         quinn's; the heap count is the one the goal is read against, because the first burst \
+         of traffic makes those pages resident.",
     ),
 ];
 
