@@ -447,7 +447,7 @@ fn markdown(micro: &[report::Micro], e2e: &[Line], command: &str, quick: bool) -
         if quick {
             "two minutes"
         } else {
-            "fifteen minutes"
+            "ten minutes"
         }
     );
     s
