@@ -564,7 +564,96 @@ async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     client.close(0u32.into(), b"done");
     accept.abort();
 
+    // Raw quinn plus an acceptance byte: the server opens a uni stream once
+    // its side of the handshake completes and writes one byte; the client's
+    // connect ends when it read it (what the qudag transport's dial does).
+    let server = raw_server(0, 0)?;
+    let addr = server.local_addr()?;
+    let accept = tokio::spawn(async move {
+        while let Some(i) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(c) = i.await else { return };
+                if let Ok(mut s) = c.open_uni().await {
+                    let _ = s.write_all(&[0x41]).await;
+                    let _ = s.finish();
+                }
+                c.closed().await;
+            });
+        }
+    });
+    let client = raw_client(0, 1)?;
+    let mut raw_ack = Vec::new();
+    for _ in 0..plan.connects {
+        let t = Instant::now();
+        let c = client.connect(addr, "raw")?.await?;
+        let mut s = c.accept_uni().await?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await?;
+        raw_ack.push(t.elapsed().as_secs_f64() * 1e6);
+        conns.push(c);
+    }
+    client.close(0u32.into(), b"done");
+    accept.abort();
+    drop(conns);
+
+    // Where the time goes: the qudag transport's dial alone (handshake,
+    // PeerId check, acceptance byte), without the manager's session set-up.
+    let listener_id = Identity::generate()?;
+    let listener = Arc::new(QuicTransport::bind(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        &listener_id,
+        QuicConfig::default(),
+    )?);
+    let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
+    let accepting = listener.clone();
+    let keep_accepted = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok(c) = accepting.accept().await {
+            held.push(c);
+        }
+    });
+    let dialer = QuicTransport::bind(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        &Identity::generate()?,
+        QuicConfig::default(),
+    )?;
+    let mut dials = Vec::new();
+    let mut dialed = Vec::new();
+    for _ in 0..plan.connects {
+        let t = Instant::now();
+        dialed.push(dialer.dial(&to).await?);
+        dials.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    dialer.close();
+    listener.close();
+    keep_accepted.abort();
+    drop(dialed);
+    let dial = median(dials);
+
     let (new, reuse, raw) = (median(new), median(reuse), median(raw));
+    let raw_ack = median(raw_ack);
+    out.result(
+        "connect",
+        "raw quinn handshake + acceptance byte",
+        raw_ack,
+        "µs",
+        "raw quinn handshake (mutual TLS 1.3)",
+        raw,
+        raw_ack / raw,
+        None,
+        "diagnostic: what waiting for a byte the listener sends after its side of the handshake costs by itself",
+    );
+    out.result(
+        "connect",
+        "qudag transport dial alone (no manager)",
+        dial,
+        "µs",
+        "raw quinn handshake (mutual TLS 1.3)",
+        raw,
+        dial / raw,
+        None,
+        "diagnostic: the transport's share of the manager's connect (handshake, PeerId check, acceptance byte); the rest is the manager's session set-up",
+    );
     out.result(
         "connect",
         "manager connect, new connection",
