@@ -1,0 +1,363 @@
+//! Hostile input: a raw attacker peer that holds a genuine authenticated
+//! connection and session keys, then sends tampered, truncated, oversized,
+//! replayed, reordered and malformed batch frames. Each closes only that
+//! connection (application close code 4, "protocol violation"), counts a
+//! typed error, delivers nothing from the bad frame, and leaves an honest
+//! peer of the same manager unaffected. Over QUIC, a peer presenting a
+//! certificate for another key is refused before any message.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use qudag_batch::encode_batch_frame;
+use qudag_crypto::{RingSealer, Sealer, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER};
+use qudag_metrics::ErrorKind;
+use qudag_net::Incoming;
+use qudag_net::{
+    CloseReason, ConnState, Connection, ManagerConfig, MemoryNetwork, MemoryTransport, NetError,
+    PeerAddr, PeerId, QuicConfig, Transport, TransportError,
+};
+use support::{guard, memory_node, quic_node, Node};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+const GUARD: Duration = Duration::from_secs(20);
+
+/// The attacker: an authenticated connection to the victim, its stream and
+/// the sealer for the dialer-to-listener direction.
+struct Attacker {
+    _transport: MemoryTransport,
+    conn: Arc<dyn Connection>,
+    writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    _reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    sealer: RingSealer,
+}
+
+async fn attacker(net: &MemoryNetwork, name: &str, victim: PeerAddr) -> Attacker {
+    let t = net.bind(PeerId::from_public_key(name.as_bytes()));
+    let conn = t.dial(&victim).await.expect("attacker dials");
+    let (writer, reader) = conn.open_stream().await.expect("stream");
+    let mut key = [0u8; KEY_LEN];
+    conn.export_keying_material(&mut key, LABEL_DIALER_TO_LISTENER, b"")
+        .expect("export");
+    Attacker {
+        _transport: t,
+        conn,
+        writer,
+        _reader: reader,
+        sealer: RingSealer::new(SessionKey::from_bytes(key)),
+    }
+}
+
+impl Attacker {
+    /// A genuine sealed BATCH frame with sequence number `seq`.
+    fn frame(&mut self, seq: u64, messages: &[&[u8]]) -> BytesMut {
+        let mut out = BytesMut::new();
+        let spans = encode_batch_frame(seq, messages, &mut out);
+        let (head, rest) = out.split_at_mut(spans.body.start);
+        let (body, tag) = rest.split_at_mut(spans.body.len());
+        let t = self
+            .sealer
+            .seal_in_place(seq, &head[spans.aad.clone()], body)
+            .expect("seal");
+        tag.copy_from_slice(&t);
+        out
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        // The victim may close first; a failed write is fine, the close reason tells.
+        let _ = self.writer.write_all(bytes).await;
+        let _ = self.writer.flush().await;
+    }
+
+    /// Waits until the victim closes the connection, and returns why.
+    async fn closed(&self) -> CloseReason {
+        guard("the victim closes the attacker", GUARD, self.conn.closed()).await
+    }
+}
+
+/// The victim's received messages, forwarded by a task.
+fn spawn_receiver(mut incoming: Incoming) -> mpsc::UnboundedReceiver<(PeerId, Bytes)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            let _ = tx.send(m);
+        }
+    });
+    rx
+}
+
+/// One hostile case: what the attacker writes, and the error kind it must count.
+struct Case {
+    name: &'static str,
+    kind: ErrorKind,
+    /// Legit messages the attacker sends first (delivered), before the bad bytes.
+    legit: usize,
+}
+
+/// Writes the bytes of `case` on a fresh attacker connection.
+async fn attack(a: &mut Attacker, case: &str) {
+    match case {
+        "tampered body" => {
+            let mut f = a.frame(0, &[b"evil-body"]);
+            f[qudag_batch::BATCH_HEADER_LEN + 5] ^= 0x01;
+            a.write(&f).await;
+        }
+        "tampered tag" => {
+            let mut f = a.frame(0, &[b"evil-tag"]);
+            let last = f.len() - 1;
+            f[last] ^= 0x80;
+            a.write(&f).await;
+        }
+        "tampered aad length" => {
+            // The length field is authenticated: claim one byte less and pad
+            // nothing. The frame is still well formed for the decoder (the
+            // tag's last byte becomes part of the next frame), so opening fails.
+            let mut f = a.frame(0, &[b"evil-aad"]);
+            f[3] -= 1;
+            f.truncate(f.len() - 1);
+            a.write(&f).await;
+        }
+        "tampered aad seq" => {
+            let mut f = a.frame(0, &[b"evil-seq"]);
+            f[12] ^= 0x01; // seq 0 -> 1: AAD and nonce change
+            a.write(&f).await;
+        }
+        "replayed" => {
+            let f = a.frame(0, &[b"legit-replay"]);
+            a.write(&f).await;
+            a.write(&f).await;
+        }
+        "reordered" => {
+            let f0 = a.frame(0, &[b"evil-first"]);
+            let f1 = a.frame(1, &[b"evil-second"]);
+            a.write(&f1).await;
+            a.write(&f0).await;
+        }
+        "truncated" => {
+            let f = a.frame(0, &[b"evil-truncated"]);
+            a.write(&f[..f.len() - 5]).await;
+            let _ = a.writer.shutdown().await;
+        }
+        "oversized" => {
+            // A length field far above the frame limit: refused before anything is allocated.
+            a.write(&[0xff, 0xff, 0xff, 0xf0, qudag_batch::KIND_BATCH])
+                .await;
+        }
+        "unknown kind" => {
+            a.write(&[0, 0, 0, 9, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+        }
+        "sealed garbage body" => {
+            // Authenticates, but the body claims 1000 messages and holds none.
+            let mut out = BytesMut::new();
+            let spans = encode_batch_frame(0, &[] as &[&[u8]], &mut out);
+            out[spans.body.start..spans.body.start + 4].copy_from_slice(&1000u32.to_be_bytes());
+            let (head, rest) = out.split_at_mut(spans.body.start);
+            let (body, tag) = rest.split_at_mut(spans.body.len());
+            let t = a
+                .sealer
+                .seal_in_place(0, &head[spans.aad.clone()], body)
+                .expect("seal");
+            tag.copy_from_slice(&t);
+            a.write(&out).await;
+        }
+        other => unreachable!("no case {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_close_only_that_connection_with_a_typed_error() {
+    let net = MemoryNetwork::new();
+    let victim = memory_node(&net, "victim", ManagerConfig::default());
+    let mut honest = memory_node(&net, "honest", ManagerConfig::default());
+    let Node {
+        mgr: vmgr,
+        incoming: vin,
+        addr: vaddr,
+        events: _vevents,
+    } = victim;
+    let mut vrx = spawn_receiver(vin);
+    honest.mgr.connect(vaddr).await.expect("honest connects");
+
+    let cases = [
+        Case {
+            name: "tampered body",
+            kind: ErrorKind::Authentication,
+            legit: 0,
+        },
+        Case {
+            name: "tampered tag",
+            kind: ErrorKind::Authentication,
+            legit: 0,
+        },
+        Case {
+            name: "tampered aad length",
+            kind: ErrorKind::Authentication,
+            legit: 0,
+        },
+        Case {
+            name: "tampered aad seq",
+            kind: ErrorKind::Sequence,
+            legit: 0,
+        },
+        Case {
+            name: "replayed",
+            kind: ErrorKind::Sequence,
+            legit: 1,
+        },
+        Case {
+            name: "reordered",
+            kind: ErrorKind::Sequence,
+            legit: 0,
+        },
+        Case {
+            name: "truncated",
+            kind: ErrorKind::Decode,
+            legit: 0,
+        },
+        Case {
+            name: "oversized",
+            kind: ErrorKind::Decode,
+            legit: 0,
+        },
+        Case {
+            name: "unknown kind",
+            kind: ErrorKind::Decode,
+            legit: 0,
+        },
+        Case {
+            name: "sealed garbage body",
+            kind: ErrorKind::Decode,
+            legit: 0,
+        },
+    ];
+    for (n, case) in cases.iter().enumerate() {
+        let before = vmgr.metrics_snapshot().errors;
+        let name = format!("mallory-{n}");
+        let mallory = PeerId::from_public_key(name.as_bytes());
+        let mut a = attacker(&net, &name, vaddr).await;
+        attack(&mut a, case.name).await;
+        let reason = a.closed().await;
+        assert!(
+            matches!(reason, CloseReason::Remote { code: 4, .. }),
+            "{}: closed with {reason:?}, expected the protocol violation code 4",
+            case.name
+        );
+        let after = vmgr.metrics_snapshot().errors;
+        for kind in [
+            ErrorKind::Authentication,
+            ErrorKind::Sequence,
+            ErrorKind::Decode,
+        ] {
+            let expected = before.get(kind) + u64::from(kind == case.kind);
+            assert_eq!(after.get(kind), expected, "{}: {kind:?} count", case.name);
+        }
+
+        // The honest peer is unaffected, both ways.
+        let ping = Bytes::from(format!("honest-{n}"));
+        honest
+            .mgr
+            .send(&vaddr.peer, ping.clone())
+            .await
+            .expect("accepted");
+        let mut from_mallory = Vec::new();
+        guard("the honest message arrives", GUARD, async {
+            loop {
+                let (from, m) = vrx.recv().await.expect("victim alive");
+                if from == honest.addr.peer {
+                    assert_eq!(m, ping, "{}: honest messages in order", case.name);
+                    break;
+                }
+                assert_eq!(
+                    from, mallory,
+                    "{}: only the attacker and the honest peer",
+                    case.name
+                );
+                from_mallory.push(m);
+            }
+        })
+        .await;
+        assert_eq!(
+            from_mallory.len(),
+            case.legit,
+            "{}: only the legit frames were delivered",
+            case.name
+        );
+        assert!(
+            from_mallory.iter().all(|m| m.starts_with(b"legit")),
+            "{}: nothing from the bad frame was delivered: {from_mallory:?}",
+            case.name
+        );
+        let pong = Bytes::from(format!("victim-{n}"));
+        vmgr.send(&honest.addr.peer, pong.clone())
+            .await
+            .expect("accepted");
+        let (from, m) = guard("the victim's reply arrives", GUARD, honest.incoming.recv())
+            .await
+            .expect("honest alive");
+        assert_eq!((from, m), (vaddr.peer, pong));
+        assert_eq!(vmgr.status(&honest.addr.peer), Some(ConnState::Connected));
+    }
+    let snap = vmgr.metrics_snapshot();
+    let protocol_errors = snap.errors.get(ErrorKind::Authentication)
+        + snap.errors.get(ErrorKind::Sequence)
+        + snap.errors.get(ErrorKind::Decode);
+    assert_eq!(protocol_errors, cases.len() as u64);
+    honest.mgr.shutdown(Duration::from_secs(2)).await;
+    vmgr.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(honest.mgr.metrics_snapshot().messages_undelivered, 0);
+}
+
+/// A listener presenting a certificate for a key other than the one the
+/// dialer expects is refused during the handshake: a typed mismatch on the
+/// dialer, a counted error, and the impostor receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_for_another_key_is_refused_before_any_message() {
+    let dialer = quic_node(ManagerConfig::default(), QuicConfig::default());
+    let mut impostor = quic_node(ManagerConfig::default(), QuicConfig::default());
+    let expected = PeerId::from_public_key(b"the peer the dialer meant");
+    let to = PeerAddr::new(expected, impostor.addr.addr);
+    match guard("dial the impostor", GUARD, dialer.mgr.connect(to)).await {
+        Err(NetError::Transport(TransportError::PeerIdMismatch {
+            expected: e,
+            actual,
+        })) => {
+            assert_eq!((e, actual), (expected, impostor.addr.peer));
+        }
+        other => panic!("expected PeerIdMismatch, got {other:?}"),
+    }
+    assert_eq!(dialer.mgr.status(&expected), Some(ConnState::Failed));
+    assert_eq!(
+        dialer
+            .mgr
+            .metrics_snapshot()
+            .errors
+            .get(ErrorKind::PeerIdMismatch),
+        1
+    );
+    guard(
+        "dialer shutdown",
+        GUARD,
+        dialer.mgr.shutdown(Duration::from_secs(1)),
+    )
+    .await;
+    guard(
+        "impostor shutdown",
+        GUARD,
+        impostor.mgr.shutdown(Duration::from_secs(1)),
+    )
+    .await;
+    // The impostor never got a connection, a peer, or a message.
+    assert!(
+        impostor.incoming.try_recv().is_none(),
+        "the impostor received nothing"
+    );
+    assert_eq!(impostor.mgr.metrics_snapshot().messages_received, 0);
+    assert!(
+        !impostor.mgr.peers().contains(&dialer.addr.peer),
+        "the impostor never learned the dialer as a peer"
+    );
+}
