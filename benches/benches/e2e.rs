@@ -127,7 +127,7 @@ impl Plan {
                 repeats: 5,
                 bytes_per_run: 256 << 20,
                 max_messages: 500_000,
-                connects: 40,
+                connects: 60,
                 latency_run: Duration::from_secs(2),
                 loads: &[100, 1000, 5000, 20_000],
                 rtt_pings: 2000,
@@ -515,62 +515,38 @@ async fn throughput(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
 // ------------------------------------------------------------------ connect
 
 async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let k = plan.connects;
+    let loopback = || std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // Everything is set up first; then round i measures one connect of each
+    // kind in turn, so drift on a shared machine hits all of them alike.
     let mut cfg = manager_config(FlushPolicy::Adaptive);
-    cfg.pool_mut().max_connections(plan.connects + 16);
+    cfg.pool_mut().max_connections(k + 16);
     let (hub, hub_addr) = quic_manager(cfg, QuicConfig::default())?;
     let mut dialers = Vec::new();
-    for _ in 0..plan.connects {
+    for _ in 0..k {
         dialers.push(quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?.0);
     }
-    let mut new = Vec::new();
-    for d in &dialers {
-        let t = Instant::now();
-        d.connect(hub_addr).await?;
-        new.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let d = &dialers[0];
-    let mut reuse = Vec::new();
-    for _ in 0..plan.connects.max(20) {
-        d.disconnect(&hub_addr.peer).await?;
-        let t = Instant::now();
-        d.connect(hub_addr).await?;
-        reuse.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    for d in &dialers {
-        d.shutdown(Duration::from_millis(200)).await;
-    }
-    hub.shutdown(Duration::from_millis(200)).await;
 
+    // Raw quinn: the handshake alone.
     let server = raw_server(1, 0)?;
     let addr = server.local_addr()?;
-    let held = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    let accept = tokio::spawn(async move {
+    let accept_raw = tokio::spawn(async move {
+        let mut held = Vec::new();
         while let Some(i) = server.accept().await {
             if let Ok(c) = i.await {
-                keep.lock().push(c);
+                held.push(c);
             }
         }
     });
     let client = raw_client(0, 0)?;
-    let mut raw = Vec::new();
-    let mut conns = Vec::new();
-    for _ in 0..plan.connects {
-        let t = Instant::now();
-        let c = client.connect(addr, "raw")?.await?;
-        raw.push(t.elapsed().as_secs_f64() * 1e6);
-        conns.push(c);
-    }
-    client.close(0u32.into(), b"done");
-    accept.abort();
 
     // Raw quinn plus an acceptance byte: the server opens a uni stream once
     // its side of the handshake completes and writes one byte; the client's
     // connect ends when it read it (what the qudag transport's dial does).
-    let server = raw_server(0, 0)?;
-    let addr = server.local_addr()?;
-    let accept = tokio::spawn(async move {
-        while let Some(i) = server.accept().await {
+    let ack_server = raw_server(0, 0)?;
+    let ack_addr = ack_server.local_addr()?;
+    let accept_ack = tokio::spawn(async move {
+        while let Some(i) = ack_server.accept().await {
             tokio::spawn(async move {
                 let Ok(c) = i.await else { return };
                 if let Ok(mut s) = c.open_uni().await {
@@ -581,57 +557,79 @@ async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
             });
         }
     });
-    let client = raw_client(0, 1)?;
-    let mut raw_ack = Vec::new();
-    for _ in 0..plan.connects {
-        let t = Instant::now();
-        let c = client.connect(addr, "raw")?.await?;
-        let mut s = c.accept_uni().await?;
-        let mut one = [0u8; 1];
-        s.read_exact(&mut one).await?;
-        raw_ack.push(t.elapsed().as_secs_f64() * 1e6);
-        conns.push(c);
-    }
-    client.close(0u32.into(), b"done");
-    accept.abort();
-    drop(conns);
+    let ack_client = raw_client(0, 1)?;
 
-    // Where the time goes: the qudag transport's dial alone (handshake,
-    // PeerId check, acceptance byte), without the manager's session set-up.
+    // The qudag transport's dial alone (handshake, PeerId check, acceptance
+    // byte), without the manager's session set-up.
     let listener_id = Identity::generate()?;
     let listener = Arc::new(QuicTransport::bind(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        loopback(),
         &listener_id,
         QuicConfig::default(),
     )?);
     let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
     let accepting = listener.clone();
-    let keep_accepted = tokio::spawn(async move {
+    let accept_transport = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok(c) = accepting.accept().await {
             held.push(c);
         }
     });
-    let dialer = QuicTransport::bind(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        &Identity::generate()?,
-        QuicConfig::default(),
-    )?;
-    let mut dials = Vec::new();
+    let dialer = QuicTransport::bind(loopback(), &Identity::generate()?, QuicConfig::default())?;
+
+    let (mut raw, mut raw_ack, mut dials, mut new) = (
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+    );
+    let mut conns = Vec::new();
     let mut dialed = Vec::new();
-    for _ in 0..plan.connects {
+    let us = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
+    for d in &dialers {
+        let t = Instant::now();
+        conns.push(client.connect(addr, "raw")?.await?);
+        raw.push(us(t));
+
+        let t = Instant::now();
+        let c = ack_client.connect(ack_addr, "raw")?.await?;
+        let mut s = c.accept_uni().await?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await?;
+        raw_ack.push(us(t));
+        conns.push(c);
+
         let t = Instant::now();
         dialed.push(dialer.dial(&to).await?);
-        dials.push(t.elapsed().as_secs_f64() * 1e6);
+        dials.push(us(t));
+
+        let t = Instant::now();
+        d.connect(hub_addr).await?;
+        new.push(us(t));
     }
+    let d = &dialers[0];
+    let mut reuse = Vec::new();
+    for _ in 0..k.max(20) {
+        d.disconnect(&hub_addr.peer).await?;
+        let t = Instant::now();
+        d.connect(hub_addr).await?;
+        reuse.push(us(t));
+    }
+    for d in &dialers {
+        d.shutdown(Duration::from_millis(200)).await;
+    }
+    hub.shutdown(Duration::from_millis(200)).await;
+    client.close(0u32.into(), b"done");
+    ack_client.close(0u32.into(), b"done");
     dialer.close();
     listener.close();
-    keep_accepted.abort();
-    drop(dialed);
-    let dial = median(dials);
+    for task in [accept_raw, accept_ack, accept_transport] {
+        task.abort();
+    }
+    drop((conns, dialed));
+    let (raw_ack, dial) = (median(raw_ack), median(dials));
 
     let (new, reuse, raw) = (median(new), median(reuse), median(raw));
-    let raw_ack = median(raw_ack);
     out.result(
         "connect",
         "raw quinn handshake + acceptance byte",

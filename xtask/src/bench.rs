@@ -202,10 +202,11 @@ fn machine(command: &str) -> String {
             "benches",
         ],
     );
+    // `XY path` per line; the output is trimmed, so split on whitespace.
     let dirty: Vec<&str> = dirty
         .lines()
-        .filter(|l| l.len() > 3 && !l.starts_with("??"))
-        .map(|l| l[3..].trim())
+        .filter(|l| !l.starts_with("??"))
+        .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
     let _ = writeln!(
         s,
