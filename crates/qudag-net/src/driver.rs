@@ -24,6 +24,9 @@ use crate::manager::Shared;
 use crate::session::{self, CloseCode, Pooled, ReaderCtx, ReaderEvent, Session, SessionEnd};
 use crate::{Event, NetError, UndeliveredReason};
 
+/// The largest frame buffer a session keeps between batches.
+const MAX_IDLE_WRITE_BUF: usize = 256 * 1024;
+
 /// How long a shutting-down driver waits for the peer to read its last frames and close.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -277,7 +280,7 @@ impl Driver {
                 self.shared
                     .sink
                     .state_changed(map_state(t.from), map_state(t.to));
-                let _ = self.shared.events_tx.send(Event::StateChanged {
+                self.shared.emit(Event::StateChanged {
                     peer: self.peer.id,
                     from: t.from,
                     to: t.to,
@@ -374,7 +377,7 @@ impl Driver {
         let result = tokio::time::timeout(self.shared.config.connect_timeout, async {
             let conn = shared.transport.dial(&to).await?;
             let slot = permit.established();
-            session::establish(conn, slot, shared.reader_ctx(to.peer)).await
+            session::establish(conn, slot, shared.reader_ctx(to.peer)?).await
         })
         .await;
         self.shared.sink.pending_dials(-1);
@@ -439,9 +442,16 @@ impl Driver {
             );
         }
         let peer = self.peer.id;
+        let ctx = match self.shared.reader_ctx(peer) {
+            Ok(ctx) => ctx,
+            Err(_) => {
+                conn.close(CloseCode::Shutdown as u32, CloseCode::Shutdown.reason());
+                return;
+            }
+        };
         let setup = tokio::time::timeout(
             self.shared.config.connect_timeout,
-            session::establish(conn.clone(), slot, self.shared.reader_ctx(peer)),
+            session::establish(conn.clone(), slot, ctx),
         )
         .await;
         match setup {
@@ -559,6 +569,11 @@ impl Driver {
             return Err(write_failed(s));
         }
         self.shared.sink.batch_flushed(n, wire);
+        if s.buf.capacity() > MAX_IDLE_WRITE_BUF {
+            // A burst of large batches grew it: do not keep that per connection.
+            self.shared.sink.memory(-(s.buf.capacity() as isize));
+            s.buf = bytes::BytesMut::new();
+        }
         Ok(())
     }
 
@@ -738,7 +753,7 @@ impl Driver {
         self.shared.sink.memory(-(bytes as isize));
         self.shared.sink.queued_messages(-(messages.len() as isize));
         tracing::debug!(peer = %self.peer.id, n = messages.len(), %reason, "handing back undelivered messages");
-        let _ = self.shared.events_tx.send(Event::Undelivered {
+        self.shared.emit(Event::Undelivered {
             peer: self.peer.id,
             messages,
             reason,
@@ -857,12 +872,15 @@ pub(crate) fn error_kind(e: &NetError) -> ErrorKind {
 }
 
 impl Shared {
-    pub(crate) fn reader_ctx(&self, peer: PeerId) -> ReaderCtx {
-        ReaderCtx {
+    /// What a new session's reader needs; `Shutdown` once the manager has
+    /// closed the application's `Incoming` stream.
+    pub(crate) fn reader_ctx(&self, peer: PeerId) -> Result<ReaderCtx, NetError> {
+        let incoming = self.incoming_tx.lock().clone().ok_or(NetError::Shutdown)?;
+        Ok(ReaderCtx {
             peer,
             limits: self.codec_limits.clone(),
-            incoming: self.incoming_tx.clone(),
+            incoming,
             sink: self.sink.clone(),
-        }
+        })
     }
 }

@@ -33,8 +33,10 @@ pub(crate) struct Shared {
     pub(crate) backoff: Backoff,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sink: Arc<dyn MetricsSink>,
-    pub(crate) incoming_tx: mpsc::Sender<Delivery>,
-    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    /// Taken at shutdown, so that `Incoming` ends once the readers are gone.
+    pub(crate) incoming_tx: Mutex<Option<mpsc::Sender<Delivery>>>,
+    /// Taken when `shutdown` is done, so that `Events` ends after what it holds.
+    events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     pub(crate) pool_changed: Notify,
     pub(crate) codec_limits: CodecLimits,
     shutting_down: AtomicBool,
@@ -42,6 +44,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Publishes an event to the application's `Events`, if it still listens.
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(tx) = &*self.events_tx.lock() {
+            let _ = tx.send(event);
+        }
+    }
+
     /// A dial permit, evicting idle pooled connections (least recently used
     /// first) while the connection limit is what stands in the way.
     pub(crate) fn dial_permit(&self) -> Result<DialPermit, NetError> {
@@ -154,6 +163,7 @@ impl Drop for DropGuard {
         if !self.0.shutting_down.swap(true, Ordering::AcqRel) {
             self.0.stop.notify_waiters();
             self.0.transport.close();
+            self.0.incoming_tx.lock().take();
             let now = Instant::now();
             for p in self.0.peers.iter() {
                 let (done, _) = oneshot::channel();
@@ -203,8 +213,8 @@ impl ConnectionManager {
             addrs: DashMap::new(),
             metrics,
             sink: sink.clone(),
-            incoming_tx,
-            events_tx,
+            incoming_tx: Mutex::new(Some(incoming_tx)),
+            events_tx: Mutex::new(Some(events_tx)),
             pool_changed: Notify::new(),
             shutting_down: AtomicBool::new(false),
             stop: Notify::new(),
@@ -429,6 +439,10 @@ impl ConnectionManager {
             }
         }
         self.shared.transport.close();
+        // The readers are gone with their sessions: dropping the last sender
+        // lets `Incoming` end after what it holds.
+        self.shared.incoming_tx.lock().take();
+        self.shared.events_tx.lock().take();
         ShutdownReport {
             peers_closed: closed,
         }

@@ -193,8 +193,10 @@ pub(crate) async fn establish(
     })
 }
 
-/// Initial read buffer size, and the most the reader asks the stream for at once.
-const READ_CHUNK: usize = 64 * 1024;
+/// Smallest read the reader offers the stream, and its buffer size when idle.
+const MIN_READ: usize = 4 * 1024;
+/// Largest read the reader offers the stream at once.
+const MAX_READ: usize = 64 * 1024;
 
 async fn read_loop(
     mut stream: RecvStream,
@@ -249,7 +251,10 @@ async fn read_frames(
     tx: &mpsc::UnboundedSender<ReaderEvent>,
 ) -> Result<(), ReadFailure> {
     let mut decoder = FrameDecoder::new(ctx.limits.clone());
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Reads start small and double while they fill what was offered, so an
+    // idle connection holds MIN_READ, not MAX_READ (or a whole large frame).
+    let mut chunk = MIN_READ;
+    let mut buf = BytesMut::with_capacity(chunk);
     // Accounts the buffer's capacity in `memory` and gives it back however the reader ends.
     let mut held = Held::new(ctx.sink.clone(), buf.capacity());
     loop {
@@ -293,10 +298,16 @@ async fn read_frames(
                 }
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > 2 * chunk {
+            // Give back what a burst or a large frame grew; frames already
+            // handed out keep their own part of the old allocation.
+            buf = BytesMut::with_capacity(chunk);
+        }
+        if buf.capacity() - buf.len() < chunk / 2 {
+            buf.reserve(chunk);
         }
         held.set(buf.capacity());
+        let offered = buf.capacity() - buf.len();
         match stream.read_buf(&mut buf).await {
             Ok(0) => {
                 return if conn.is_alive() && !buf.is_empty() {
@@ -305,6 +316,8 @@ async fn read_frames(
                     Ok(())
                 }
             }
+            Ok(n) if n >= offered => chunk = (chunk * 2).min(MAX_READ),
+            Ok(n) if n < chunk / 4 => chunk = (chunk / 2).max(MIN_READ),
             Ok(_) => {}
             Err(_) => return Err(ReadFailure::Closed),
         }

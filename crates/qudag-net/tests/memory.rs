@@ -579,3 +579,26 @@ async fn messages_for_an_unreachable_peer_come_back_after_unreachable_after() {
     );
     assert_eq!(back, (0..10).map(msg).collect::<Vec<_>>(), "in send order");
 }
+
+#[tokio::test]
+async fn incoming_and_events_end_after_shutdown() {
+    let net = MemoryNetwork::new();
+    let mut a = node(&net, "a");
+    let b = node(&net, "b");
+    b.mgr.connect(a.addr).await.unwrap();
+    b.mgr.send(&a.addr.peer, msg(1)).await.unwrap();
+    b.mgr.shutdown(Duration::from_secs(1)).await;
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    // What arrived before the shutdown is still there, then the stream ends.
+    let mut got = Vec::new();
+    while let Some((_, m)) = a.incoming.recv().await {
+        got.push(m);
+    }
+    assert!(got.len() <= 1);
+    assert!(a.incoming.recv().await.is_none());
+    let mut events = 0;
+    while a.events.recv().await.is_some() {
+        events += 1;
+    }
+    assert!(events > 0, "a saw b's connection come and go");
+}
