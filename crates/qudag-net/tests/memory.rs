@@ -3,49 +3,24 @@
 //! limits, simultaneous dials, expiry, unresponsive peers and shutdown.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use qudag_net::{
-    ConnState, ConnectionManager, Event, Events, FlushPolicy, Incoming, ManagerConfig,
-    MemoryNetwork, MemoryTransport, NetError, PeerAddr, PeerId, SendError, Transport,
-    UndeliveredReason,
+    ConnState, Event, Events, FlushPolicy, Incoming, ManagerConfig, MemoryNetwork, NetError,
+    PeerAddr, PeerId, SendError, UndeliveredReason,
 };
 
-struct Node {
-    mgr: ConnectionManager,
-    incoming: Incoming,
-    events: Events,
-    addr: PeerAddr,
-}
+mod support;
 
-fn node_with(net: &MemoryNetwork, name: &str, config: ManagerConfig) -> Node {
-    let t = Arc::new(net.bind(PeerId::from_public_key(name.as_bytes())));
-    node_on(t, config)
-}
-
-fn node_on(t: Arc<MemoryTransport>, config: ManagerConfig) -> Node {
-    let addr = PeerAddr::new(t.local_peer(), t.local_addr());
-    let mgr = ConnectionManager::new(config, t);
-    Node {
-        incoming: mgr.incoming().unwrap(),
-        events: mgr.events().unwrap(),
-        mgr,
-        addr,
-    }
-}
+use support::{index, memory_node as node_with, Node};
 
 fn node(net: &MemoryNetwork, name: &str) -> Node {
     node_with(net, name, ManagerConfig::default())
 }
 
 fn msg(i: u32) -> Bytes {
-    Bytes::from(format!("message-{i:08}"))
-}
-
-fn index(m: &[u8]) -> u32 {
-    std::str::from_utf8(&m[8..]).unwrap().parse().unwrap()
+    support::msg(i, 16)
 }
 
 /// Receives `n` messages, asserting they come from `from`.

@@ -1,42 +1,24 @@
 //! The manager over QUIC on 127.0.0.1: the scenarios of `memory.rs` that do
 //! not need fault injection, on the real transport.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use qudag_net::{
-    ConnState, ConnectionManager, Event, Events, Identity, Incoming, ManagerConfig, NetError,
-    PeerAddr, PeerId, QuicConfig, QuicTransport, Transport, TransportError, UndeliveredReason,
+    ConnState, Event, Events, Incoming, ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig,
+    TransportError, UndeliveredReason,
 };
 
-struct Node {
-    mgr: ConnectionManager,
-    incoming: Incoming,
-    events: Events,
-    addr: PeerAddr,
-}
+mod support;
+
+use support::{index, Node};
 
 fn quic_node(config: ManagerConfig) -> Node {
-    let id = Identity::generate().unwrap();
-    let t =
-        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &id, QuicConfig::default()).unwrap();
-    let addr = PeerAddr::new(t.local_peer(), t.local_addr());
-    let mgr = ConnectionManager::new(config, Arc::new(t));
-    Node {
-        incoming: mgr.incoming().unwrap(),
-        events: mgr.events().unwrap(),
-        mgr,
-        addr,
-    }
+    support::quic_node(config, QuicConfig::default())
 }
 
 fn msg(i: u32) -> Bytes {
-    Bytes::from(format!("message-{i:08}"))
-}
-
-fn index(m: &[u8]) -> u32 {
-    std::str::from_utf8(&m[8..]).unwrap().parse().unwrap()
+    support::msg(i, 16)
 }
 
 async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
