@@ -523,8 +523,10 @@ impl Driver {
             return Ok(());
         }
         while let Some(batch) = self.batcher.poll_batch() {
-            self.write_batch(batch).await?;
+            let written = self.write_batch(batch).await;
+            // Also after a failed write: the next session starts idle.
             self.batcher.write_complete();
+            written?;
         }
         Ok(())
     }
@@ -564,10 +566,9 @@ impl Driver {
             batch,
             written_at: Instant::now(),
         });
+        let limit = self.shared.config.ack_timeout;
         let s = self.session.as_mut().expect("still there");
-        if s.writer.write_all(&s.buf).await.is_err() {
-            return Err(write_failed(s));
-        }
+        write_bounded(&mut s.writer, &s.buf, &s.handle, limit, &*self.shared.sink).await?;
         self.shared.sink.batch_flushed(n, wire);
         if s.buf.capacity() > MAX_IDLE_WRITE_BUF {
             // A burst of large batches grew it: do not keep that per connection.
@@ -592,10 +593,8 @@ impl Driver {
         };
         let mut frame = bytes::BytesMut::with_capacity(16);
         encode_ack_frame(next, &mut frame);
-        if s.writer.write_all(&frame).await.is_err() {
-            return Err(write_failed(s));
-        }
-        Ok(())
+        let limit = self.shared.config.ack_timeout;
+        write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await
     }
 
     // -- reading ----------------------------------------------------------
@@ -831,14 +830,35 @@ impl Driver {
     }
 }
 
-/// Why a write failed: the connection's close reason, once it has one.
-fn write_failed(s: &Session) -> SessionEnd {
-    SessionEnd::Closed(
-        s.handle
-            .conn
-            .close_reason()
-            .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
-    )
+/// Writes `bytes` to the session's stream. A peer that does not drain our
+/// stream within `limit` (the ack timeout) is unresponsive: the connection is
+/// closed, so a blocked write can never hold the driver (and its commands,
+/// its shutdown) for longer than that.
+async fn write_bounded(
+    writer: &mut qudag_transport::SendStream,
+    bytes: &[u8],
+    handle: &session::SessionHandle,
+    limit: std::time::Duration,
+    sink: &dyn qudag_metrics::MetricsSink,
+) -> Result<(), SessionEnd> {
+    match tokio::time::timeout(limit, writer.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SessionEnd::Closed(
+            handle
+                .conn
+                .close_reason()
+                .unwrap_or_else(|| CloseReason::Lost("write failed".into())),
+        )),
+        Err(_) => {
+            sink.error(ErrorKind::AckTimeout);
+            sink.connection_closed(CloseKind::Unresponsive);
+            handle.close(CloseCode::Unresponsive);
+            Err(SessionEnd::Closed(CloseReason::Local {
+                code: CloseCode::Unresponsive as u32,
+                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
+            }))
+        }
+    }
 }
 
 pub(crate) fn map_state(s: ConnState) -> qudag_metrics::ConnState {

@@ -577,3 +577,37 @@ async fn incoming_and_events_end_after_shutdown() {
     }
     assert!(events > 0, "a saw b's connection come and go");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_cannot_wedge_the_writer() {
+    // Small pipes: a's writes block as soon as b's reader stops.
+    let net = MemoryNetwork::with_pipe_capacity(4096);
+    let mut config = ManagerConfig::default();
+    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
+    let mut a = node_with(&net, "a", config);
+    let mut bcfg = ManagerConfig::default();
+    bcfg.incoming_capacity(1);
+    let b = node_with(&net, "b", bcfg);
+    a.mgr.connect(b.addr).await.unwrap();
+    // b's application never reads: b's reader blocks, its pipe fills, a's write blocks.
+    let mut accepted = 0u64;
+    for i in 0..20_000 {
+        if a.mgr.try_send(&b.addr.peer, msg(i)).is_ok() {
+            accepted += 1;
+        }
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let snap = a.mgr.metrics_snapshot();
+    assert!(
+        snap.errors.get(qudag_metrics::ErrorKind::AckTimeout) >= 1,
+        "the blocked write timed out"
+    );
+    // The driver is free: shutdown completes and accounts for everything.
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    let back = handed_back(&mut a.events).len() as u64;
+    assert_eq!(a.mgr.metrics_snapshot().messages_acked + back, accepted);
+    drop(b);
+}
