@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use qudag_batch::{encode_ack_frame, encode_batch_frame, Batch, Batcher};
 use qudag_crypto::PeerId;
 use qudag_metrics::{CloseKind, ErrorKind};
-use qudag_pool::{keep_connection, ConnState, ConnectionSlot, LimitError, Role, StateMachine};
-use qudag_transport::{CloseReason, Connection, PeerAddr, Side};
+use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
+use qudag_transport::{CloseReason, PeerAddr, Side};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -47,7 +47,9 @@ impl AsRef<[u8]> for Envelope {
 pub(crate) enum Ctl {
     Connect(oneshot::Sender<Result<(), NetError>>),
     Disconnect(oneshot::Sender<()>),
-    Inbound(Arc<dyn Connection>, ConnectionSlot),
+    /// An inbound connection, set up by the accept path (never by the driver,
+    /// so a peer that stalls its set-up cannot hold the driver).
+    Inbound(Session),
     Expire(Arc<session::SessionHandle>),
     Shutdown {
         deadline: Instant,
@@ -317,7 +319,7 @@ impl Driver {
                 }
                 let _ = reply.send(());
             }
-            Ctl::Inbound(conn, slot) => self.inbound(conn, slot).await,
+            Ctl::Inbound(session) => self.inbound(session),
             Ctl::Expire(handle) => {
                 if self
                     .session
@@ -414,7 +416,10 @@ impl Driver {
         self.set_state(ConnState::Connected);
     }
 
-    async fn inbound(&mut self, conn: Arc<dyn Connection>, slot: ConnectionSlot) {
+    /// A session the peer opened (already set up: the peer opened its
+    /// stream on it). It replaces the current one only by the
+    /// simultaneous-dial rule, or when the peer dialed again.
+    fn inbound(&mut self, session: Session) {
         if let Some(current) = &self.session {
             if current.handle.conn.is_alive() {
                 let keep_new = match current.handle.conn.side() {
@@ -422,15 +427,15 @@ impl Driver {
                     Side::Dialer => {
                         keep_connection(&self.shared.local, &self.peer.id, Role::Listener)
                     }
-                    // The peer dialed again: it no longer uses the old connection.
+                    // The peer dialed again and uses the new connection.
                     Side::Listener => true,
                 };
+                self.shared.sink.connection_closed(CloseKind::Duplicate);
                 if !keep_new {
-                    self.shared.sink.connection_closed(CloseKind::Duplicate);
-                    conn.close(CloseCode::Duplicate as u32, CloseCode::Duplicate.reason());
+                    // Dropping the session stops its reader.
+                    session.handle.close(CloseCode::Duplicate);
                     return;
                 }
-                self.shared.sink.connection_closed(CloseKind::Duplicate);
                 current.handle.close(CloseCode::Duplicate);
             }
             self.session_ended(
@@ -441,31 +446,7 @@ impl Driver {
                 UndeliveredReason::ConnectionFailed,
             );
         }
-        let peer = self.peer.id;
-        let ctx = match self.shared.reader_ctx(peer) {
-            Ok(ctx) => ctx,
-            Err(_) => {
-                conn.close(CloseCode::Shutdown as u32, CloseCode::Shutdown.reason());
-                return;
-            }
-        };
-        let setup = tokio::time::timeout(
-            self.shared.config.connect_timeout,
-            session::establish(conn.clone(), slot, ctx),
-        )
-        .await;
-        match setup {
-            Ok(Ok(session)) => self.adopt(session),
-            Ok(Err(e)) => {
-                self.shared.sink.error(error_kind(&e));
-                tracing::debug!(%peer, error = %e, "inbound session set-up failed");
-                conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
-            }
-            Err(_) => {
-                self.shared.sink.error(ErrorKind::HandshakeFailed);
-                conn.close(CloseCode::Protocol as u32, b"session set-up timed out");
-            }
-        }
+        self.adopt(session);
     }
 
     /// Messages wait and there is no usable session: reuse, dial, or schedule a redial.

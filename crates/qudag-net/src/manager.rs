@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
-use crate::session::{CloseCode, Delivery, Pooled};
+use crate::session::{self, CloseCode, Delivery, Pooled};
 use crate::{Event, Events, Incoming, ManagerConfig, NetError, SendError};
 
 /// State shared by the manager handle, the drivers and the background tasks.
@@ -119,8 +119,45 @@ impl Shared {
         };
         // Dialers and listeners share one QUIC socket, so the source address is
         // the peer's listening address; it is only used if no better one is known.
-        let peer = self.peer(conn.peer(), Some(conn.remote_addr()));
-        let _ = peer.ctl.send(Ctl::Inbound(conn, slot));
+        let id = conn.peer();
+        let addr = conn.remote_addr();
+        let ctx = match self.reader_ctx(id) {
+            Ok(ctx) => ctx,
+            Err(_) => {
+                conn.close(CloseCode::Shutdown as u32, CloseCode::Shutdown.reason());
+                return;
+            }
+        };
+        // Set the session up in its own task, bounded by the connect timeout,
+        // and hand the driver only a session that works.
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let setup = tokio::time::timeout(
+                shared.config.connect_timeout,
+                session::establish(conn.clone(), slot, ctx),
+            )
+            .await;
+            match setup {
+                Ok(Ok(session)) => {
+                    let peer = shared.peer(id, Some(addr));
+                    if let Err(e) = peer.ctl.send(Ctl::Inbound(session)) {
+                        // The driver retired meanwhile: close what it will not take.
+                        if let Ctl::Inbound(session) = e.0 {
+                            session.handle.close(CloseCode::Normal);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    shared.sink.error(error_kind(&e));
+                    tracing::debug!(peer = %id, error = %e, "inbound session set-up failed");
+                    conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
+                }
+                Err(_) => {
+                    shared.sink.error(ErrorKind::HandshakeFailed);
+                    conn.close(CloseCode::Protocol as u32, b"session set-up timed out");
+                }
+            }
+        });
     }
 
     fn refuse(&self, conn: Arc<dyn Connection>, e: LimitError) {

@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qudag-node");
 const GUARD: Duration = Duration::from_secs(60);
+/// The most messages the streaming sender queues before the kill.
+const MAX_STREAMED: u32 = 200_000;
 
 async fn guard<F: std::future::Future>(what: &str, f: F) -> F::Output {
     match tokio::time::timeout(GUARD, f).await {
@@ -114,10 +116,14 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
     quic.idle_timeout(Duration::from_secs(2))
         .keep_alive(Duration::from_millis(400));
     let mut config = ManagerConfig::default();
+    // The queue holds everything the sender below can queue, so the messages
+    // sent while the peer is down are accepted at once: with a full queue,
+    // `send` would wait for the redial, which waits for the restart below.
     config
         .max_redials(10_000)
         .unreachable_after(Duration::from_secs(120))
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        .queue_capacity(MAX_STREAMED as usize + 1_000);
     config
         .backoff_mut()
         .base(Duration::from_millis(50))
@@ -134,7 +140,7 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
     let sender = {
         let (mgr, stop, accepted) = (mgr.clone(), stop.clone(), accepted.clone());
         tokio::spawn(async move {
-            while !stop.load(Ordering::Acquire) {
+            while !stop.load(Ordering::Acquire) && accepted.load(Ordering::Acquire) < MAX_STREAMED {
                 let i = accepted.load(Ordering::Acquire);
                 match mgr.try_send(&addr.peer, msg(i)) {
                     Ok(()) => {
