@@ -87,9 +87,7 @@ impl PoolConfig {
 
 struct Entry<C> {
     conn: C,
-    /// Behind its own small lock, so that a shared checkout refreshes it
-    /// under the shard's read lock (readers of other entries never wait).
-    last_used: Mutex<Instant>,
+    last_used: Instant,
 }
 
 /// A concurrent pool of idle connections, at most one per peer, with expiry.
@@ -163,7 +161,7 @@ impl<C: Poolable> Pool<C> {
     }
 
     fn is_usable(&self, entry: &Entry<C>, now: Instant) -> bool {
-        !self.is_expired(*entry.last_used.lock(), now) && entry.conn.is_alive()
+        !self.is_expired(entry.last_used, now) && entry.conn.is_alive()
     }
 
     /// Parks an idle connection to `peer`, last used at `now`.
@@ -176,7 +174,7 @@ impl<C: Poolable> Pool<C> {
                 peer,
                 Entry {
                     conn,
-                    last_used: Mutex::new(now),
+                    last_used: now,
                 },
             )
             .map(|old| old.conn)
@@ -210,11 +208,10 @@ impl<C: Poolable> Pool<C> {
         C: Clone,
     {
         {
-            let entry = self.map.get(peer)?;
+            let mut entry = self.map.get_mut(peer)?;
             if self.is_usable(&entry, now) {
-                let mut last_used = entry.last_used.lock();
-                if now > *last_used {
-                    *last_used = now;
+                if now > entry.last_used {
+                    entry.last_used = now;
                 }
                 return Some(entry.conn.clone());
             }
@@ -273,13 +270,13 @@ impl<C: Poolable> Pool<C> {
             .iter()
             .filter_map(|e| {
                 let entry = e.value();
-                let last_used = *entry.last_used.lock();
                 if entry.conn.is_alive() {
-                    last_used
+                    entry
+                        .last_used
                         .checked_add(self.idle_timeout)?
                         .checked_add(Duration::from_nanos(1))
                 } else {
-                    Some(last_used)
+                    Some(entry.last_used)
                 }
             })
             .min();
@@ -301,20 +298,14 @@ impl<C: Poolable> Pool<C> {
             let (peer, last_used) = self
                 .map
                 .iter()
-                .map(|e| {
-                    (
-                        e.value().conn.is_alive(),
-                        *e.value().last_used.lock(),
-                        *e.key(),
-                    )
-                })
+                .map(|e| (e.value().conn.is_alive(), e.value().last_used, *e.key()))
                 .min()
                 .map(|(_, last_used, peer)| (peer, last_used))?;
             // If a concurrent checkout or checkin changed the entry, scan again:
             // every failed attempt means the map changed under us.
             if let Some((peer, entry)) = self
                 .map
-                .remove_if(&peer, |_, entry| *entry.last_used.lock() == last_used)
+                .remove_if(&peer, |_, entry| entry.last_used == last_used)
             {
                 return Some((peer, entry.conn));
             }
