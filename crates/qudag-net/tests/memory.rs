@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qudag_net::{
-    ConnState, Event, Events, FlushPolicy, Incoming, ManagerConfig, MemoryNetwork, NetError,
-    PeerAddr, PeerId, SendError, UndeliveredReason,
+    ConnState, Event, FlushPolicy, ManagerConfig, MemoryNetwork, NetError, PeerAddr, PeerId,
+    SendError, UndeliveredReason,
 };
 
 mod support;
 
-use support::{index, memory_node as node_with, Node};
+use support::{handed_back, index, memory_node as node_with, recv_n, Node};
 
 fn node(net: &MemoryNetwork, name: &str) -> Node {
     node_with(net, name, ManagerConfig::default())
@@ -21,34 +21,6 @@ fn node(net: &MemoryNetwork, name: &str) -> Node {
 
 fn msg(i: u32) -> Bytes {
     support::msg(i, 16)
-}
-
-/// Receives `n` messages, asserting they come from `from`.
-async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let (peer, m) = incoming.recv().await.expect("manager alive");
-        assert_eq!(peer, from);
-        out.push(m);
-    }
-    out
-}
-
-/// Every message handed back so far (events already queued).
-fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredReason)> {
-    let mut out = Vec::new();
-    while let Some(ev) = events.try_recv() {
-        if let Event::Undelivered {
-            messages,
-            maybe_delivered,
-            reason,
-            ..
-        } = ev
-        {
-            out.extend(messages.into_iter().map(|m| (m, maybe_delivered, reason)));
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -4,14 +4,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use qudag_net::{
-    ConnState, Event, Events, Incoming, ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig,
-    TransportError, UndeliveredReason,
-};
+use qudag_net::{ConnState, ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig, TransportError};
 
 mod support;
 
-use support::{index, Node};
+use support::{handed_back, index, recv_n, Node};
 
 fn quic_node(config: ManagerConfig) -> Node {
     support::quic_node(config, QuicConfig::default())
@@ -19,36 +16,6 @@ fn quic_node(config: ManagerConfig) -> Node {
 
 fn msg(i: u32) -> Bytes {
     support::msg(i, 16)
-}
-
-async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
-    let mut out = Vec::with_capacity(n);
-    let guard = tokio::time::timeout(Duration::from_secs(60), async {
-        while out.len() < n {
-            let (peer, m) = incoming.recv().await.expect("manager alive");
-            assert_eq!(peer, from);
-            out.push(m);
-        }
-    })
-    .await;
-    assert!(guard.is_ok(), "received only {} of {n} messages", out.len());
-    out
-}
-
-fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredReason)> {
-    let mut out = Vec::new();
-    while let Some(ev) = events.try_recv() {
-        if let Event::Undelivered {
-            messages,
-            maybe_delivered,
-            reason,
-            ..
-        } = ev
-        {
-            out.extend(messages.into_iter().map(|m| (m, maybe_delivered, reason)));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,3 +150,35 @@ pub(crate) async fn guard<F: std::future::Future>(what: &str, limit: Duration, f
         Err(_) => panic!("timed out after {limit:?}: {what}"),
     }
 }
+
+/// Receives `n` messages, asserting they come from `from` (bounded by a 60 s guard).
+pub(crate) async fn recv_n(incoming: &mut Incoming, from: PeerId, n: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(n);
+    let guard = tokio::time::timeout(Duration::from_secs(60), async {
+        while out.len() < n {
+            let (peer, m) = incoming.recv().await.expect("manager alive");
+            assert_eq!(peer, from);
+            out.push(m);
+        }
+    })
+    .await;
+    assert!(guard.is_ok(), "received only {} of {n} messages", out.len());
+    out
+}
+
+/// Every message handed back so far (events already queued), with its flag and reason.
+pub(crate) fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredReason)> {
+    let mut out = Vec::new();
+    while let Some(ev) = events.try_recv() {
+        if let Event::Undelivered {
+            messages,
+            maybe_delivered,
+            reason,
+            ..
+        } = ev
+        {
+            out.extend(messages.into_iter().map(|m| (m, maybe_delivered, reason)));
+        }
+    }
+    out
+}
