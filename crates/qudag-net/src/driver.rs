@@ -189,7 +189,7 @@ impl Driver {
                         self.take(env);
                         if writable {
                             self.drain_queue();
-                        } else if self.idle_or_none() {
+                        } else {
                             self.demand().await;
                         }
                     }
@@ -247,18 +247,15 @@ impl Driver {
         }
     }
 
-    fn idle_or_none(&self) -> bool {
-        self.session.is_none() || self.idle
-    }
-
     fn take(&mut self, env: Envelope) {
         // `send` checked the size against the same limit, so push cannot refuse;
         // if it ever did, the message goes back to the application, not away.
         if let Err(e) = self.batcher.push(env, std_now()) {
-            let qudag_batch::PushError::TooLarge { msg, .. } = e else {
-                return;
-            };
-            self.hand_back(vec![msg], UndeliveredReason::ConnectionFailed, false);
+            self.hand_back(
+                vec![e.into_message()],
+                UndeliveredReason::ConnectionFailed,
+                false,
+            );
         }
     }
 
@@ -530,7 +527,13 @@ impl Driver {
                 // The sequence is exhausted: a new connection gets new keys.
                 tracing::warn!(peer = %self.peer.id, error = %e, "sealing refused");
                 s.handle.close(CloseCode::Normal);
-                self.requeue_front(batch);
+                // Sealing fails only at sequence exhaustion (2^64 batches):
+                // nothing of this batch was written.
+                self.hand_back(
+                    batch.into_messages(),
+                    UndeliveredReason::ConnectionFailed,
+                    false,
+                );
                 return Err(SessionEnd::Protocol(e.to_string()));
             }
         };
@@ -557,15 +560,6 @@ impl Driver {
             s.buf = bytes::BytesMut::new();
         }
         Ok(())
-    }
-
-    fn requeue_front(&mut self, batch: Batch<Envelope>) {
-        // Sealing can only fail at sequence exhaustion (2^64 batches); keep the messages.
-        self.hand_back(
-            batch.into_messages(),
-            UndeliveredReason::ConnectionFailed,
-            false,
-        );
     }
 
     async fn write_ack(&mut self, next: u64) -> Result<(), SessionEnd> {

@@ -269,9 +269,10 @@ async fn read_frames(
                     let wire = sealed.frame_len();
                     let messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;
-                    let bytes: usize = messages.iter().map(Bytes::len).sum();
                     ctx.sink.batch_received(messages.len(), wire);
+                    let mut bytes = 0;
                     for m in &messages {
+                        bytes += m.len();
                         ctx.sink.message_received(m.len());
                     }
                     let receipt = Receipt {
