@@ -294,7 +294,12 @@ pub(crate) fn baselines_for<'a>(group: &str, function: &str, in_group: &[&'a str
     match (group, function) {
         ("seal" | "open" | "open_sealer", "ring") => pick(&["chacha20poly1305"]),
         ("seal" | "open" | "open_sealer", _) => Vec::new(),
-        ("pool_checkout", "pool_checkout_shared") => pick(&["dashmap_get", "mutex_hashmap_get"]),
+        ("pool_checkout", "pool_checkout_shared") => pick(&[
+            "dashmap_get",
+            "dashmap_get_foldhash",
+            "mutex_hashmap_get",
+            "mutex_hashmap_get_foldhash",
+        ]),
         ("pool_checkout", "pool_checkout_checkin") => {
             pick(&["dashmap_remove_insert", "mutex_remove_insert"])
         }

@@ -129,8 +129,14 @@ struct Entry<C> {
 /// assert_eq!(pool.handle_timeout(t0 + Duration::from_secs(301)).len(), 1); // close it
 /// ```
 pub struct Pool<C> {
-    map: DashMap<PeerId, Entry<C>>,
+    /// Keyed by PeerId with foldhash, seeded at random per pool: PeerIds are
+    /// SHA-256 outputs, so a fast keyed hash spreads them as well as SipHash
+    /// does at a quarter of the cost, and the map's size is bounded by the
+    /// connection limit whatever a peer picks.
+    map: DashMap<PeerId, Entry<C>, foldhash::fast::RandomState>,
     idle_timeout: Duration,
+    /// See [`Pool::refresh_granularity`].
+    refresh_granularity: Duration,
     /// Closed or expired entries removed by a checkout, with the instant they
     /// were found, waiting to be returned for closing.
     graveyard: Mutex<Vec<(PeerId, C, Instant)>>,
@@ -150,8 +156,9 @@ impl<C: Poolable> Pool<C> {
     /// An empty pool using `config`'s idle timeout.
     pub fn new(config: &PoolConfig) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             idle_timeout: config.idle_timeout,
+            refresh_granularity: (config.idle_timeout / 100).min(Duration::from_secs(1)),
             graveyard: Mutex::new(Vec::new()),
         }
     }
@@ -203,19 +210,45 @@ impl<C: Poolable> Pool<C> {
     /// For handles that share one multiplexed connection (a QUIC connection
     /// serves many users at once). A closed or expired entry is removed as in
     /// [`checkout`](Pool::checkout).
+    ///
+    /// The lookup takes only the shard's read lock, so concurrent checkouts do
+    /// not serialise. The last-used time is written (under the write lock)
+    /// only when `now` is more than [`refresh_granularity`](Pool::refresh_granularity)
+    /// past it: a connection in steady use is refreshed about once per
+    /// granularity, and expires between `idle_timeout - granularity` and
+    /// `idle_timeout` after its last checkout.
     pub fn checkout_shared(&self, peer: &PeerId, now: Instant) -> Option<C>
     where
         C: Clone,
     {
         {
-            let mut entry = self.map.get_mut(peer)?;
-            if self.is_usable(&entry, now) {
-                if now > entry.last_used {
-                    entry.last_used = now;
+            let entry = self.map.get(peer)?;
+            let age = now.saturating_duration_since(entry.last_used);
+            if age <= self.idle_timeout && entry.conn.is_alive() {
+                if age <= self.refresh_granularity {
+                    return Some(entry.conn.clone());
                 }
-                return Some(entry.conn.clone());
+            } else {
+                drop(entry);
+                return self.set_aside_if_unusable(peer, now);
             }
         }
+        // Stale enough to refresh: re-check under the write lock, as a
+        // concurrent checkout may have taken or replaced the entry meanwhile.
+        let mut entry = self.map.get_mut(peer)?;
+        if self.is_usable(&entry, now) {
+            if now > entry.last_used {
+                entry.last_used = now;
+            }
+            return Some(entry.conn.clone());
+        }
+        drop(entry);
+        self.set_aside_if_unusable(peer, now)
+    }
+
+    /// Removes `peer`'s entry if it is unusable at `now` and sets it aside for
+    /// closing. Always `None`: the tail of a checkout that found nothing usable.
+    fn set_aside_if_unusable<T>(&self, peer: &PeerId, now: Instant) -> Option<T> {
         if let Some((peer, entry)) = self
             .map
             .remove_if(peer, |_, entry| !self.is_usable(entry, now))
@@ -223,6 +256,13 @@ impl<C: Poolable> Pool<C> {
             self.graveyard.lock().push((peer, entry.conn, now));
         }
         None
+    }
+
+    /// How stale a last-used time must be before
+    /// [`checkout_shared`](Pool::checkout_shared) rewrites it:
+    /// `min(1 s, idle_timeout / 100)`.
+    pub fn refresh_granularity(&self) -> Duration {
+        self.refresh_granularity
     }
 
     /// Removes and returns every expired or closed entry at `now`, including

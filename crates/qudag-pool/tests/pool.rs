@@ -145,6 +145,26 @@ fn checkout_shared_keeps_and_refreshes() {
 }
 
 #[test]
+fn checkout_shared_refreshes_at_granularity() {
+    let p = pool();
+    let g = p.refresh_granularity();
+    assert_eq!(g, Duration::from_secs(1)); // min(1 s, 100 s / 100)
+    let t0 = Instant::now();
+    p.checkin(peer(1), Conn::new(1), t0);
+    let first = t0 + TTL + Duration::from_nanos(1);
+    // Within the granularity the last-used time is left alone...
+    assert!(p.checkout_shared(&peer(1), t0 + g).is_some());
+    assert_eq!(p.poll_timeout(), Some(first));
+    // ...past it, it is rewritten.
+    let t1 = t0 + g + Duration::from_nanos(1);
+    assert!(p.checkout_shared(&peer(1), t1).is_some());
+    assert_eq!(p.poll_timeout(), Some(t1 + TTL + Duration::from_nanos(1)));
+    // A short timeout gets a proportionally finer granularity.
+    let short = Pool::<Conn>::new(PoolConfig::default().idle_timeout(Duration::from_millis(50)));
+    assert_eq!(short.refresh_granularity(), Duration::from_micros(500));
+}
+
+#[test]
 fn evict_lru_order() {
     let p = pool();
     let t0 = Instant::now();
@@ -218,6 +238,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..120_000).prop_map(Op::Advance),
+        // Around the refresh granularity (1 s at this TTL).
+        2 => (0u64..2_000).prop_map(Op::Advance),
         4 => (0u8..5).prop_map(Op::Checkin),
         4 => (0u8..5).prop_map(Op::Checkout),
         2 => (0u8..5).prop_map(Op::CheckoutShared),
@@ -291,7 +313,10 @@ proptest! {
                     let got = p.checkout_shared(&peer(n), now);
                     let expect = match model.map.get_mut(&peer(n)) {
                         Some((c, last)) if Model::usable(c, *last, now) => {
-                            *last = (*last).max(now);
+                            // Refreshed only once staler than the granularity.
+                            if now.saturating_duration_since(*last) > p.refresh_granularity() {
+                                *last = now;
+                            }
                             Some(c.id)
                         }
                         Some(_) => {
