@@ -96,6 +96,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use config::{QuicConfig, QuicConfigError};
+pub use tls::{peer_id_from_certificate, CertError, MAX_CERT_LEN};
 
 use crate::{
     CloseReason, Connection, PeerAddr, RecvStream, SendStream, Side, Transport, TransportError,
@@ -123,6 +124,8 @@ pub struct QuicTransport {
     local_addr: SocketAddr,
     config: QuicConfig,
     client_transport: Arc<quinn::TransportConfig>,
+    /// See [`client_tls`].
+    client_tls: rustls::ClientConfig,
     allow: AllowList,
     incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConnection>>,
     shared: Arc<EndpointShared>,
@@ -223,8 +226,9 @@ impl QuicTransport {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(setup("tls"))?
             .with_client_cert_verifier(ListenVerifier::new(allow.clone(), &provider))
-            .with_single_cert(local.chain.clone(), local.key())
-            .map_err(setup("tls certificate"))?;
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                local.certified.clone(),
+            )));
         tls.alpn_protocols = vec![ALPN.to_vec()];
         tls.send_tls13_tickets = 0;
         tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -232,6 +236,8 @@ impl QuicTransport {
         let quic_tls =
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(setup("quic tls"))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        let client_tls = client_tls(&local)?;
+        let client_transport = Arc::new(transport_config(&config, Side::Dialer)?);
         server
             .transport_config(Arc::new(transport_config(&config, Side::Listener)?))
             .max_incoming(config.max_handshakes.saturating_add(16));
@@ -263,7 +269,8 @@ impl QuicTransport {
             endpoint,
             local: Arc::new(local),
             local_addr,
-            client_transport: Arc::new(transport_config(&config, Side::Dialer)?),
+            client_transport,
+            client_tls,
             config,
             allow,
             incoming: tokio::sync::Mutex::new(rx),
@@ -291,29 +298,44 @@ impl QuicTransport {
         }
     }
 
+    /// The client config for one dial: the endpoint's template with a
+    /// verifier that expects `expected` (cloning the template shares its key
+    /// and settings; nothing is parsed or signed per dial).
     fn client_config(
         &self,
         expected: PeerId,
     ) -> Result<(quinn::ClientConfig, MismatchSlot), TransportError> {
-        let provider = tls::provider();
-        let (verifier, actual) = DialVerifier::new(expected, &provider);
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(setup("tls"))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.local.chain.clone(), self.local.key())
-            .map_err(setup("tls certificate"))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        tls.resumption = rustls::client::Resumption::disabled();
-        tls.enable_sni = false;
-        tls.enable_early_data = false;
+        let (verifier, actual) = DialVerifier::new(expected, &tls::provider());
+        let mut tls = self.client_tls.clone();
+        tls.dangerous().set_certificate_verifier(verifier);
         let quic_tls =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(setup("quic tls"))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
         client.transport_config(self.client_transport.clone());
         Ok((client, actual))
     }
+}
+
+/// The endpoint's client TLS settings: TLS 1.3 only, ALPN `qudag/1`, the
+/// identity certificate, no resumption, SNI or early data. Each dial clones
+/// it and sets its own [`DialVerifier`].
+fn client_tls(local: &LocalCert) -> Result<rustls::ClientConfig, TransportError> {
+    let provider = tls::provider();
+    // A placeholder: every dial replaces it with one for the dialed PeerId.
+    let (verifier, _) = DialVerifier::new(local.peer, &provider);
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(setup("tls"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            local.certified.clone(),
+        )));
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_sni = false;
+    tls.enable_early_data = false;
+    Ok(tls)
 }
 
 impl Drop for QuicTransport {
@@ -764,5 +786,91 @@ impl Connection for QuicConnection {
     async fn closed(&self) -> CloseReason {
         let e = self.conn.closed().await;
         self.reason(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const GUARD: Duration = Duration::from_secs(10);
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// A `LocalCert` whose certificate holds key A but is signed by key B:
+    /// the handshake signature (made with A) verifies, the self-signature
+    /// does not. Only the certificate check can refuse it.
+    fn forged_cert() -> LocalCert {
+        let a = Identity::generate().expect("key a");
+        let b = Identity::generate().expect("key b");
+        let key_a = rcgen::KeyPair::try_from(a.pkcs8_der()).expect("rcgen key a");
+        let key_b = rcgen::KeyPair::try_from(b.pkcs8_der()).expect("rcgen key b");
+        let issuer = rcgen::Issuer::new(
+            rcgen::CertificateParams::new(vec!["b".to_owned()]).expect("params"),
+            &key_b,
+        );
+        let cert = rcgen::CertificateParams::new(vec!["qudag".to_owned()])
+            .expect("params")
+            .signed_by(&key_a, &issuer)
+            .expect("cert");
+        let genuine = LocalCert::new(a.pkcs8_der()).expect("genuine cert");
+        let signing = genuine.certified.key.clone();
+        LocalCert {
+            certified: Arc::new(rustls::sign::CertifiedKey::new(
+                vec![cert.der().clone()],
+                signing,
+            )),
+            peer: a.peer_id(),
+        }
+    }
+
+    fn bind_good() -> (Identity, QuicTransport) {
+        let id = Identity::generate().expect("identity");
+        let t = QuicTransport::bind(loopback(), &id, QuicConfig::default()).expect("bind");
+        (id, t)
+    }
+
+    #[tokio::test]
+    async fn listener_refuses_a_dialer_whose_certificate_is_not_self_signed() {
+        let (listener_id, listener) = bind_good();
+        let forged = QuicTransport::bind_cert(loopback(), forged_cert(), QuicConfig::default())
+            .expect("bind forged");
+        let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
+        let refused = tokio::time::timeout(GUARD, forged.dial(&to))
+            .await
+            .expect("guard");
+        assert!(refused.is_err(), "forged certificate accepted");
+
+        // The listener hands out the next genuine dialer, not the forged one.
+        let (honest_id, honest) = bind_good();
+        let (dialed, accepted) = tokio::time::timeout(GUARD, async {
+            tokio::join!(honest.dial(&to), listener.accept())
+        })
+        .await
+        .expect("guard");
+        dialed.expect("honest dial");
+        assert_eq!(accepted.expect("accept").peer(), honest_id.peer_id());
+    }
+
+    #[tokio::test]
+    async fn dialer_refuses_a_listener_whose_certificate_is_not_self_signed() {
+        let cert = forged_cert();
+        let peer = cert.peer;
+        let forged =
+            QuicTransport::bind_cert(loopback(), cert, QuicConfig::default()).expect("bind forged");
+        let (_, dialer) = bind_good();
+        let to = PeerAddr::new(peer, forged.local_addr());
+        let refused = tokio::time::timeout(GUARD, dialer.dial(&to))
+            .await
+            .expect("guard");
+        match refused {
+            Err(TransportError::Handshake { detail, .. }) => {
+                assert!(detail.contains("ignature"), "unexpected detail: {detail}");
+            }
+            other => panic!("expected a handshake error, got {other:?}"),
+        }
     }
 }

@@ -32,6 +32,7 @@ use rustls::pki_types::{
     UnixTime,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
@@ -41,19 +42,49 @@ pub(crate) const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// The DER AlgorithmIdentifier of Ed25519 (RFC 8410).
 const ED25519_ALG_ID: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
 /// Certificates larger than this are refused before they are parsed.
-pub(crate) const MAX_CERT_LEN: usize = 4096;
+pub const MAX_CERT_LEN: usize = 4096;
 
-/// Why a certificate is not an acceptable identity certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CertError {
+/// Why a certificate is not a qudag identity certificate (see
+/// [`peer_id_from_certificate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
     /// Not well-formed DER, or not the X.509 shape expected.
+    #[error("certificate is not well-formed DER X.509")]
     BadEncoding,
     /// The key or the certificate signature algorithm is not Ed25519.
+    #[error("certificate key or signature algorithm is not Ed25519")]
     NotEd25519,
     /// The self-signature does not verify.
+    #[error("certificate is not self-signed by its key")]
     BadSignature,
     /// Larger than [`MAX_CERT_LEN`].
+    #[error("certificate is larger than {MAX_CERT_LEN} bytes")]
     TooLarge,
+}
+
+/// The [`PeerId`] a qudag identity certificate names, after checking every
+/// rule of the [module docs](super) that concerns the certificate alone: its
+/// shape, its Ed25519 key and its self-signature.
+///
+/// The transport runs this on every certificate a peer presents; it is
+/// public for tools that hold a peer's certificate (for example from
+/// `quinn::Connection::peer_identity`). Possession of the key is proven
+/// only by a handshake, not by the certificate.
+///
+/// # Errors
+///
+/// A [`CertError`] saying which rule the bytes break.
+///
+/// # Examples
+///
+/// ```
+/// use qudag_transport::quic::{peer_id_from_certificate, CertError};
+///
+/// assert_eq!(peer_id_from_certificate(b"not DER"), Err(CertError::BadEncoding));
+/// ```
+pub fn peer_id_from_certificate(der: &[u8]) -> Result<PeerId, CertError> {
+    ed25519_key(der).map(|key| PeerId::from_public_key(&key))
 }
 
 impl From<CertError> for rustls::Error {
@@ -124,13 +155,18 @@ const INTEGER: u8 = 0x02;
 const BIT_STRING: u8 = 0x03;
 const VERSION_TAG: u8 = 0xa0;
 
-/// The Ed25519 public key of a self-signed identity certificate.
-///
+/// The parts of an identity certificate the rules look at.
+struct Parsed<'a> {
+    key: [u8; 32],
+    tbs: &'a [u8],
+    signature: &'a [u8],
+}
+
 /// Parses `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
 /// signatureValue }` and walks `tbsCertificate` to its SubjectPublicKeyInfo
 /// (version, serial, signature, issuer, validity, subject, spki), so a key
 /// pattern hidden elsewhere in the certificate is never mistaken for the key.
-pub(crate) fn ed25519_key(cert: &[u8]) -> Result<[u8; 32], CertError> {
+fn parse(cert: &[u8]) -> Result<Parsed<'_>, CertError> {
     if cert.len() > MAX_CERT_LEN {
         return Err(CertError::TooLarge);
     }
@@ -169,10 +205,32 @@ pub(crate) fn ed25519_key(cert: &[u8]) -> Result<[u8; 32], CertError> {
         Some((0, s)) if s.len() == 64 => s,
         _ => return Err(CertError::BadEncoding),
     };
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key)
-        .verify(tbs.whole, signature)
+    Ok(Parsed {
+        key,
+        tbs: tbs.whole,
+        signature,
+    })
+}
+
+/// The Ed25519 public key of a self-signed identity certificate, after
+/// checking its shape ([`parse`]) and its self-signature.
+///
+/// The verifiers run this once per handshake, on the `Certificate` message;
+/// later steps of the same handshake use [`accepted_key`].
+pub(crate) fn ed25519_key(cert: &[u8]) -> Result<[u8; 32], CertError> {
+    let parsed = parse(cert)?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &parsed.key)
+        .verify(parsed.tbs, parsed.signature)
         .map_err(|_| CertError::BadSignature)?;
-    Ok(key)
+    Ok(parsed.key)
+}
+
+/// The key of a certificate that [`ed25519_key`] already accepted earlier in
+/// the same handshake: the shape is checked again (it is cheap), the
+/// self-signature is not (an Ed25519 verification costs as much as the
+/// handshake signature itself).
+fn accepted_key(cert: &[u8]) -> Result<[u8; 32], CertError> {
+    parse(cert).map(|p| p.key)
 }
 
 /// The 32 key bytes of an Ed25519 SubjectPublicKeyInfo, checked strictly.
@@ -183,15 +241,16 @@ pub(crate) fn spki_key(spki: &[u8]) -> Result<[u8; 32], CertError> {
     }
 }
 
-/// The PeerId a certificate proves (once its handshake signature verified).
+/// The PeerId of a certificate a verifier accepted in a completed handshake.
 pub(crate) fn peer_id_of(cert: &[u8]) -> Result<PeerId, CertError> {
-    ed25519_key(cert).map(|k| PeerId::from_public_key(&k))
+    accepted_key(cert).map(|k| PeerId::from_public_key(&k))
 }
 
-/// This node's certificate and key, in the forms rustls wants.
+/// This node's certificate and key, parsed once into the form rustls signs with.
 pub(crate) struct LocalCert {
-    pub(crate) chain: Vec<CertificateDer<'static>>,
-    pkcs8: Vec<u8>,
+    /// The certificate and the loaded signing key; shared by every client and
+    /// server config of the endpoint, so no dial parses the key again.
+    pub(crate) certified: Arc<CertifiedKey>,
     pub(crate) peer: PeerId,
 }
 
@@ -217,30 +276,29 @@ impl LocalCert {
             .self_signed(&key)
             .map_err(|e| format!("self-signing the identity certificate: {e}"))?;
         let der = cert.der().clone();
-        let peer =
-            peer_id_of(&der).map_err(|e| format!("generated certificate rejected: {e:?}"))?;
+        let public =
+            ed25519_key(&der).map_err(|e| format!("generated certificate rejected: {e:?}"))?;
+        // The loader takes an owned DER copy and drops it unzeroized (as
+        // ring's key pair keeps the key unzeroized): one copy per endpoint.
+        let signing = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                pkcs8.to_vec(),
+            )))
+            .map_err(|e| format!("loading the identity key: {e}"))?;
         Ok(Self {
-            chain: vec![der],
-            pkcs8: pkcs8.to_vec(),
-            peer,
+            certified: Arc::new(CertifiedKey::new(vec![der], signing)),
+            peer: PeerId::from_public_key(&public),
         })
     }
-
-    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))
-    }
 }
 
-impl Drop for LocalCert {
-    fn drop(&mut self) {
-        // Best effort: the identity crate owns the long-lived copy of the key.
-        self.pkcs8.iter_mut().for_each(|b| *b = 0);
-    }
-}
-
-/// The crypto provider used everywhere: ring.
+/// The crypto provider used everywhere: ring (built once per process).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// Verifies a TLS 1.3 handshake signature against the certificate's key and returns the proven PeerId.
@@ -255,7 +313,7 @@ fn verify_handshake(
             CertificateError::BadSignature,
         ));
     }
-    let key = ed25519_key(cert)?;
+    let key = accepted_key(cert)?;
     let mut spki = Vec::with_capacity(44);
     spki.extend_from_slice(&ED25519_SPKI_PREFIX);
     spki.extend_from_slice(&key);
@@ -456,7 +514,7 @@ mod tests {
     fn generated_certificate_carries_the_identity_key() {
         let key = pkcs8();
         let cert = LocalCert::new(&key).expect("certificate");
-        assert_eq!(ed25519_key(&cert.chain[0]), Ok(public_key(&key)));
+        assert_eq!(ed25519_key(&cert.certified.cert[0]), Ok(public_key(&key)));
         assert_eq!(cert.peer, PeerId::from_public_key(&public_key(&key)));
     }
 
@@ -509,7 +567,7 @@ mod tests {
     #[test]
     fn oversized_and_trailing_input_is_refused() {
         let cert = LocalCert::new(&pkcs8()).expect("certificate");
-        let mut der = cert.chain[0].to_vec();
+        let mut der = cert.certified.cert[0].to_vec();
         der.push(0);
         assert_eq!(ed25519_key(&der), Err(CertError::BadEncoding));
         assert_eq!(
@@ -544,7 +602,7 @@ mod tests {
             // self-signature covers every byte of tbsCertificate.
             let key = pkcs8();
             let cert = LocalCert::new(&key).expect("certificate");
-            let mut der = cert.chain[0].to_vec();
+            let mut der = cert.certified.cert[0].to_vec();
             let i = idx.index(der.len());
             der[i] ^= 1 << bit;
             if let Ok(k) = ed25519_key(&der) {
