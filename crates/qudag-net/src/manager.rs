@@ -20,14 +20,18 @@ use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
 use crate::session::{self, CloseCode, Delivery, Pooled};
 use crate::{Event, Events, Incoming, ManagerConfig, NetError, SendError};
 
+type PeerHasher = foldhash::fast::RandomState;
+
 /// State shared by the manager handle, the drivers and the background tasks.
 pub(crate) struct Shared {
     pub(crate) local: PeerId,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: ManagerConfig,
-    pub(crate) peers: DashMap<PeerId, Arc<Peer>>,
+    /// Looked up on every send. Keyed like the pool (see `qudag_pool::Pool`):
+    /// a randomly seeded foldhash over PeerIds, which are SHA-256 outputs.
+    pub(crate) peers: DashMap<PeerId, Arc<Peer>, PeerHasher>,
     /// Addresses the application connected to; they outlive retired drivers.
-    addrs: DashMap<PeerId, SocketAddr>,
+    addrs: DashMap<PeerId, SocketAddr, PeerHasher>,
     pub(crate) pool: Pool<Pooled>,
     pub(crate) limiter: Limiter,
     pub(crate) backoff: Backoff,
@@ -246,8 +250,8 @@ impl ConnectionManager {
             codec_limits: config.batch.codec_limits(),
             transport,
             config,
-            peers: DashMap::new(),
-            addrs: DashMap::new(),
+            peers: DashMap::with_hasher(PeerHasher::default()),
+            addrs: DashMap::with_hasher(PeerHasher::default()),
             metrics,
             sink: sink.clone(),
             incoming_tx: Mutex::new(Some(incoming_tx)),
