@@ -13,21 +13,43 @@ use crate::{cargo, project_root, run as run_cmd};
 /// The criterion suites, in the order they run.
 const MICRO: [&str; 4] = ["sealer", "batch", "pool", "metrics"];
 
+/// How many times a full run measures a micro suite; the report keeps each
+/// figure's fastest run. The pool's 2-thread figures need both vCPUs of a
+/// shared VM, and a noise episode there lasts a whole criterion benchmark
+/// (seconds) and can double it, so one run is not enough; interference only
+/// ever slows a figure down, so the fastest of three is the robust reading.
+fn runs_of(suite: &str) -> usize {
+    if suite == "pool" {
+        3
+    } else {
+        1
+    }
+}
+
 /// Runs the suites and writes the report: `docs/` for a full run,
 /// `target/qudag-bench/` for `--quick` (a smoke run must not overwrite the
 /// published numbers).
 pub(crate) fn run(quick: bool) -> Result<()> {
     let root = project_root();
-    // A little slack: criterion's files are written after this instant.
-    let since = SystemTime::now() - Duration::from_secs(2);
+    let mut all = Vec::new();
     for suite in MICRO {
-        let mut cmd = cargo();
-        cmd.args(["bench", "-p", "qudag-benches", "--bench", suite, "--"]);
-        if quick {
-            cmd.arg("--quick");
+        let runs = if quick { 1 } else { runs_of(suite) };
+        for _ in 0..runs {
+            // A little slack: criterion's files are written after this instant.
+            let since = SystemTime::now() - Duration::from_secs(2);
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "qudag-benches", "--bench", suite, "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run_cmd(&mut cmd)?;
+            all.extend(report::read_criterion(
+                &root.join("target/criterion"),
+                since,
+            )?);
         }
-        run_cmd(&mut cmd)?;
     }
+    let micro = report::fastest(all);
     let jsonl = root.join("target/qudag-bench/e2e.jsonl");
     let mut cmd = cargo();
     cmd.args([
@@ -45,7 +67,6 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     }
     run_cmd(&mut cmd)?;
 
-    let micro = report::read_criterion(&root.join("target/criterion"), since)?;
     let e2e = report::read_e2e(&jsonl)?;
     let out_dir = if quick {
         root.join("target/qudag-bench")
@@ -273,16 +294,17 @@ const WHY: &[(&str, &str, &str)] = &[
          gap. Waiting for the listener's acceptance byte (one more flight after the listener's \
          side of the handshake completes, plus a uni stream) costs the first share by itself, \
          as \"raw quinn handshake + acceptance byte\" shows: on loopback that alone is over \
-         the 1.3× goal. The qudag transport's other per-dial work is the second share: a fresh \
-         rustls client config per dial (it loads the identity key again to bind the expected \
-         PeerId into its verifier) and, on the listener, the handshake task, slot and backlog \
-         hand-off before the acceptance byte is written. The manager's session set-up (two key \
-         exports, the batch stream, the driver and reader tasks) is the smallest share. What \
-         would close it: drop the acceptance stream when no allow-list is configured (a dialer \
-         that is refused then learns it from the first close instead), or fold the acceptance \
-         into the first bytes of the batch stream; build the TLS client config once per \
-         endpoint and pass the expected PeerId per connection; write the acceptance from the \
-         listener's accept loop without the extra task hop.",
+         the 1.3× goal. The qudag transport's other work is the second share: each side checks \
+         the peer certificate's self-signature (one more Ed25519 verification per side, which \
+         the raw baseline skips) and, on the listener, the handshake task, slot and backlog \
+         hand-off before the acceptance byte is written. (The TLS client settings and the \
+         signing key are built once per endpoint, not per dial.) The manager's session set-up \
+         (two key exports, the batch stream, the driver and reader tasks) is the smallest share. \
+         What would close it: drop the acceptance stream when no allow-list is configured (a \
+         dialer that is refused then learns it from the first close instead), or fold the \
+         acceptance into the first bytes of the batch stream; write the acceptance from the \
+         listener's accept loop without the extra task hop; or present raw public keys \
+         (RFC 7250) instead of certificates, which removes the self-signature altogether.",
     ),
     (
         "connect",
@@ -408,7 +430,9 @@ fn markdown(micro: &[report::Micro], e2e: &[Line], command: &str, quick: bool) -
     );
     s.push_str("\n## Micro benchmarks (criterion)\n\n");
     s.push_str(
-        "Mean time per iteration from `target/criterion/**/new/estimates.json`; the speed ratio \
+        "Mean time per iteration from `target/criterion/**/new/estimates.json` (the `pool` \
+         suite runs three times and each figure is its fastest run's mean: its 2-thread figures \
+         are sensitive to noise on a shared 2-vCPU VM); the speed ratio \
          is baseline time / figure time (above 1: the figure is faster than its baseline). HTML \
          reports: [`target/criterion/report/index.html`](../target/criterion/report/index.html) \
          (local to the machine that ran the command). The baselines: the `chacha20poly1305` crate \

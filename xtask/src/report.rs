@@ -211,6 +211,13 @@ impl Micro {
     }
 }
 
+/// One figure per benchmark id: the fastest of the runs in `all`, sorted by id.
+pub(crate) fn fastest(mut all: Vec<Micro>) -> Vec<Micro> {
+    all.sort_by(|a, b| a.id().cmp(&b.id()).then(a.mean_ns.total_cmp(&b.mean_ns)));
+    all.dedup_by(|later, first| later.id() == first.id());
+    all
+}
+
 /// Every criterion result under `root` written at or after `since`.
 pub(crate) fn read_criterion(root: &Path, since: SystemTime) -> Result<Vec<Micro>> {
     let mut out = Vec::new();
@@ -523,6 +530,34 @@ mod tests {
         );
         assert!(is_baseline("pool_checkout", "dashmap_get"));
         assert!(!is_baseline("metrics_read", "snapshot"));
+    }
+
+    #[test]
+    fn fastest_keeps_one_figure_per_id() {
+        let m = |function: &str, param: Option<&str>, mean_ns: f64| Micro {
+            group: "pool_checkout".into(),
+            function: function.into(),
+            param: param.map(Into::into),
+            mean_ns,
+            throughput: None,
+            dir: PathBuf::new(),
+        };
+        let got = fastest(vec![
+            m("dashmap_get", Some("2"), 70.0),
+            m("dashmap_get", Some("1"), 21.0),
+            m("dashmap_get", Some("2"), 36.0),
+            m("dashmap_get", Some("2"), 40.0),
+            m("pool_checkout_shared", Some("2"), 33.0),
+        ]);
+        let got: Vec<(String, f64)> = got.iter().map(|m| (m.id(), m.mean_ns)).collect();
+        assert_eq!(
+            got,
+            [
+                ("pool_checkout/dashmap_get/1".to_owned(), 21.0),
+                ("pool_checkout/dashmap_get/2".to_owned(), 36.0),
+                ("pool_checkout/pool_checkout_shared/2".to_owned(), 33.0),
+            ]
+        );
     }
 
     #[test]

@@ -131,8 +131,8 @@ struct Entry<C> {
 pub struct Pool<C> {
     /// Keyed by PeerId with foldhash, seeded at random per pool: PeerIds are
     /// SHA-256 outputs, so a fast keyed hash spreads them as well as SipHash
-    /// does at a quarter of the cost, and the map's size is bounded by the
-    /// connection limit whatever a peer picks.
+    /// does, for about 6 ns less per lookup (the `pool` bench), and the
+    /// map's size is bounded by the connection limit whatever a peer picks.
     map: DashMap<PeerId, Entry<C>, foldhash::fast::RandomState>,
     idle_timeout: Duration,
     /// See [`Pool::refresh_granularity`].
