@@ -201,7 +201,7 @@ impl Driver {
                     self.demand().await;
                 }
                 () = sleep_until(retire_at) => {
-                    self.retire();
+                    self.retire().await;
                     return;
                 }
             }
@@ -212,19 +212,22 @@ impl Driver {
     /// task forever. Work that raced with the retirement (a message or a
     /// command sent to this driver after the table lookup) moves to a fresh
     /// driver, so nothing accepted is lost.
-    fn retire(&mut self) {
+    async fn retire(&mut self) {
         let id = self.peer.id;
         let me = &self.peer;
         self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
         self.rx.close();
         self.ctl.close();
         self.shared.backoff.forget(&id);
+        // After `close`, `recv` also waits for senders that reserved a slot
+        // before it (`send` and `send_many` reserve, then push) and ends only
+        // when none is outstanding; `try_recv` would miss their messages.
         let mut late = Vec::new();
-        while let Ok(env) = self.rx.try_recv() {
+        while let Some(env) = self.rx.recv().await {
             late.push(env);
         }
         let mut late_ctl = Vec::new();
-        while let Ok(ctl) = self.ctl.try_recv() {
+        while let Some(ctl) = self.ctl.recv().await {
             late_ctl.push(ctl);
         }
         tracing::debug!(peer = %id, late = late.len() + late_ctl.len(), "idle peer driver retires");
@@ -739,7 +742,8 @@ impl Driver {
 
     async fn shutdown(&mut self, deadline: Instant) {
         self.rx.close();
-        while let Ok(env) = self.rx.try_recv() {
+        // As in `retire`: also the messages of senders that reserved a slot.
+        while let Some(env) = self.rx.recv().await {
             self.take(env);
         }
         if self.session.is_some() {

@@ -95,6 +95,48 @@ impl SendError {
     }
 }
 
+/// Why [`send_many`](crate::ConnectionManager::send_many) stopped before
+/// accepting every message. The messages it did not accept are handed back,
+/// in order, in [`unsent`](SendManyError::unsent).
+#[derive(Debug, thiserror::Error)]
+#[error("{accepted} messages accepted, {} handed back: {reason}", unsent.len())]
+#[non_exhaustive]
+pub struct SendManyError {
+    /// How many messages, from the front, were accepted (each is delivered or
+    /// handed back through [`Events`](crate::Events), as with `send`).
+    pub accepted: usize,
+    /// Why the rest was not accepted.
+    pub reason: SendManyReason,
+    /// The messages not accepted, in their original order.
+    pub unsent: Vec<Bytes>,
+}
+
+/// The reason in a [`SendManyError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendManyReason {
+    /// The message at `index` is larger than the configured message limit;
+    /// sizes are checked before anything is queued, so nothing was accepted.
+    #[error("message {index} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its position in the call's messages.
+        index: usize,
+        /// Its length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The peer is not known (connect to it first).
+    #[error("unknown peer {peer}: connect to it first")]
+    UnknownPeer {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The manager is shutting down.
+    #[error("the connection manager is shut down")]
+    Shutdown,
+}
+
 /// Why accepted messages were handed back to the sender's application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

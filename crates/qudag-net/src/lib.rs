@@ -72,7 +72,7 @@ mod manager;
 mod session;
 
 pub use config::ManagerConfig;
-pub use error::{NetError, SendError, UndeliveredReason};
+pub use error::{NetError, SendError, SendManyError, SendManyReason, UndeliveredReason};
 pub use event::{Event, Events, Incoming};
 pub use manager::{ConnectionManager, ShutdownReport};
 

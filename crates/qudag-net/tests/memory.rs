@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use qudag_net::{
     ConnState, Event, FlushPolicy, ManagerConfig, MemoryNetwork, NetError, PeerAddr, PeerId,
-    SendError, UndeliveredReason,
+    SendError, SendManyReason, UndeliveredReason,
 };
 
 mod support;
@@ -582,4 +582,85 @@ async fn a_peer_that_stops_reading_cannot_wedge_the_writer() {
     let back = handed_back(&mut a.events).len() as u64;
     assert_eq!(a.mgr.metrics_snapshot().messages_acked + back, accepted);
     drop(b);
+}
+
+#[tokio::test]
+async fn send_many_delivers_in_order_through_a_queue_smaller_than_the_call() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    // 1000 messages through a 16-slot queue: 63 chunks, most waiting for room.
+    config.queue_capacity(16);
+    let a = node_with(&net, "a", config);
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    let n = 1000u32;
+    let first: Vec<Bytes> = (0..n / 2).map(msg).collect();
+    let second: Vec<Bytes> = (n / 2..n).map(msg).collect();
+    let send = async {
+        a.mgr.send_many(&b.addr.peer, first).await.unwrap();
+        a.mgr.send(&b.addr.peer, msg(n)).await.unwrap();
+        a.mgr.send_many(&b.addr.peer, second).await.unwrap();
+        a.mgr.send_many(&b.addr.peer, Vec::new()).await.unwrap();
+    };
+    let (got, ()) = tokio::join!(recv_n(&mut b.incoming, a.addr.peer, n as usize + 1), send);
+    let idx: Vec<u32> = got.iter().map(|m| index(m)).collect();
+    let expect: Vec<u32> = (0..n / 2).chain([n]).chain(n / 2..n).collect();
+    assert_eq!(idx, expect, "in call order, exactly once");
+    a.mgr.shutdown(Duration::from_secs(5)).await;
+    let snap = a.mgr.metrics_snapshot();
+    assert_eq!(snap.messages_queued, u64::from(n) + 1);
+    assert_eq!(snap.messages_acked, u64::from(n) + 1);
+    assert_eq!(snap.queued_messages, 0, "the queue gauge returns to zero");
+}
+
+#[tokio::test]
+async fn send_many_errors_hand_back_every_unsent_message_in_order() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.batch_mut().max_message_len(100);
+    let mut a = node_with(&net, "a", config);
+    let mut b = node(&net, "b");
+    let msgs = |r: std::ops::Range<u32>| -> Vec<Bytes> { r.map(msg).collect() };
+
+    let stranger = PeerId::from_public_key(b"stranger");
+    let err = a.mgr.send_many(&stranger, msgs(0..3)).await.unwrap_err();
+    assert_eq!(err.accepted, 0);
+    assert_eq!(err.reason, SendManyReason::UnknownPeer { peer: stranger });
+    assert_eq!(err.unsent, msgs(0..3));
+
+    a.mgr.connect(b.addr).await.unwrap();
+    // One message over the limit refuses the whole call: nothing is queued.
+    let mut with_big = msgs(0..3);
+    with_big.insert(2, Bytes::from(vec![0u8; 101]));
+    let err = a
+        .mgr
+        .send_many(&b.addr.peer, with_big.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.accepted, 0);
+    assert_eq!(
+        err.reason,
+        SendManyReason::TooLarge {
+            index: 2,
+            len: 101,
+            max: 100
+        }
+    );
+    assert_eq!(err.unsent, with_big);
+    assert_eq!(a.mgr.metrics_snapshot().messages_queued, 0);
+
+    // The messages of a refused call never arrive; the next call's do.
+    a.mgr.send_many(&b.addr.peer, msgs(10..12)).await.unwrap();
+    let got = recv_n(&mut b.incoming, a.addr.peer, 2).await;
+    assert_eq!(got, msgs(10..12));
+
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    let err = a
+        .mgr
+        .send_many(&b.addr.peer, msgs(20..25))
+        .await
+        .unwrap_err();
+    assert_eq!((err.accepted, err.reason), (0, SendManyReason::Shutdown));
+    assert_eq!(err.unsent, msgs(20..25));
+    assert!(handed_back(&mut a.events).is_empty());
 }
