@@ -23,6 +23,17 @@ fn msg(i: u32) -> Bytes {
     support::msg(i, 16)
 }
 
+/// `a` gives up on unacknowledged batches after 2 s and does not redial; `b`
+/// holds one received batch for its application, so if the application never
+/// reads, b's reader blocks and b stops acknowledging.
+fn sender_and_slow_reader(net: &MemoryNetwork) -> (Node, Node) {
+    let mut config = ManagerConfig::default();
+    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
+    let mut bcfg = ManagerConfig::default();
+    bcfg.incoming_capacity(1);
+    (node_with(net, "a", config), node_with(net, "b", bcfg))
+}
+
 #[tokio::test]
 async fn exchange_in_both_directions_in_order() {
     let net = MemoryNetwork::new();
@@ -216,7 +227,13 @@ async fn peer_dropped_mid_stream_every_message_is_acked_or_handed_back() {
 async fn reconnects_with_backoff_after_a_cut_link_heals() {
     let net = MemoryNetwork::new();
     let mut config = ManagerConfig::default();
-    config.max_redials(50);
+    // The jitter is random: cap the backoff well inside `unreachable_after`,
+    // so the first redial after the heal always comes before the queued
+    // messages would be handed back as unreachable.
+    config
+        .max_redials(50)
+        .unreachable_after(Duration::from_secs(30));
+    config.backoff_mut().cap(Duration::from_secs(1));
     let mut a = node_with(&net, "a", config);
     let mut b = node(&net, "b");
     a.mgr.connect(b.addr).await.unwrap();
@@ -353,12 +370,7 @@ async fn simultaneous_dial_leaves_one_connection_on_each_side() {
 #[tokio::test(start_paused = true)]
 async fn unresponsive_peer_is_closed_and_messages_handed_back() {
     let net = MemoryNetwork::new();
-    let mut config = ManagerConfig::default();
-    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
-    let mut a = node_with(&net, "a", config);
-    let mut bcfg = ManagerConfig::default();
-    bcfg.incoming_capacity(1);
-    let b = node_with(&net, "b", bcfg);
+    let (mut a, b) = sender_and_slow_reader(&net);
     // b's application never reads: b's reader blocks, so b stops acknowledging.
     a.mgr.connect(b.addr).await.unwrap();
     let n = 2000u32;
@@ -554,12 +566,7 @@ async fn incoming_and_events_end_after_shutdown() {
 async fn a_peer_that_stops_reading_cannot_wedge_the_writer() {
     // Small pipes: a's writes block as soon as b's reader stops.
     let net = MemoryNetwork::with_pipe_capacity(4096);
-    let mut config = ManagerConfig::default();
-    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
-    let mut a = node_with(&net, "a", config);
-    let mut bcfg = ManagerConfig::default();
-    bcfg.incoming_capacity(1);
-    let b = node_with(&net, "b", bcfg);
+    let (mut a, b) = sender_and_slow_reader(&net);
     a.mgr.connect(b.addr).await.unwrap();
     // b's application never reads: b's reader blocks, its pipe fills, a's write blocks.
     let mut accepted = 0u64;
