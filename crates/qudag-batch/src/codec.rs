@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! frame      = length:u32 kind:u8 payload        length = 1 + len(payload)
-//! BATCH (1)  = seq:u64 sealed_body tag:[u8; 16]  AAD = length, kind, seq (13 bytes)
-//! ACK   (2)  = next_seq:u64
+//! BATCH (1)  = seq:u64 first:u64 sealed_body tag:[u8; 16]
+//!                                                AAD = length, kind, seq, first (21 bytes)
+//! ACK   (2)  = next:u64
+//! RESUME (3) = incarnation:u64 known:u64 next:u64
 //! body       = count:u32 { len:u32 bytes[len] }*count
 //! ```
 
@@ -26,15 +28,20 @@ pub const TAG_LEN: usize = 16;
 pub const KIND_BATCH: u8 = 1;
 /// Frame kind byte of an ACK frame.
 pub const KIND_ACK: u8 = 2;
+/// Frame kind byte of a RESUME frame.
+pub const KIND_RESUME: u8 = 3;
 
 /// Length of the frame length field.
 const LEN_FIELD: usize = 4;
-/// Length of a BATCH frame header: length field, kind, sequence number. These
-/// bytes are the AAD when sealing.
-pub const BATCH_HEADER_LEN: usize = LEN_FIELD + 1 + 8;
+/// Length of a BATCH frame header: length field, kind, sequence number and
+/// the number of the batch's first message. These bytes are the AAD when
+/// sealing.
+pub const BATCH_HEADER_LEN: usize = LEN_FIELD + 1 + 8 + 8;
 /// Length of a whole ACK frame.
 pub const ACK_FRAME_LEN: usize = LEN_FIELD + 1 + 8;
-/// Bytes a BATCH frame adds around its body: header (13) and tag (16).
+/// Length of a whole RESUME frame.
+pub const RESUME_FRAME_LEN: usize = LEN_FIELD + 1 + 3 * 8;
+/// Bytes a BATCH frame adds around its body: header (21) and tag (16).
 pub const FRAME_OVERHEAD: usize = BATCH_HEADER_LEN + TAG_LEN;
 /// Length of the message count at the start of a body.
 pub(crate) const BODY_COUNT_LEN: usize = 4;
@@ -45,7 +52,8 @@ pub(crate) const BODY_LEN_PREFIX: usize = 4;
 /// output buffer (indices into `out` after the call).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameSpans {
-    /// The 13 header bytes (length, kind, sequence number): the AAD.
+    /// The 21 header bytes (length, kind, sequence number, first message
+    /// number): the AAD.
     pub aad: Range<usize>,
     /// The plaintext body, to be sealed in place.
     pub body: Range<usize>,
@@ -70,8 +78,8 @@ pub fn body_len<M: AsRef<[u8]>>(messages: &[M]) -> usize {
 /// ```
 /// use qudag_batch::batch_frame_len;
 ///
-/// // 29 bytes of frame + 4 bytes of count + (4 + 5) bytes per message
-/// assert_eq!(batch_frame_len(&[b"hello", b"world"]), 29 + 4 + 2 * 9);
+/// // 37 bytes of frame + 4 bytes of count + (4 + 5) bytes per message
+/// assert_eq!(batch_frame_len(&[b"hello", b"world"]), 37 + 4 + 2 * 9);
 /// ```
 pub fn batch_frame_len<M: AsRef<[u8]>>(messages: &[M]) -> usize {
     FRAME_OVERHEAD + body_len(messages)
@@ -79,6 +87,10 @@ pub fn batch_frame_len<M: AsRef<[u8]>>(messages: &[M]) -> usize {
 
 /// Appends one BATCH frame to `out`, with the tag zero-filled, and returns
 /// where its parts lie.
+///
+/// `seq` is the batch's sequence number on its connection (the nonce);
+/// `first` is the session-wide number of its first message (message numbers
+/// outlive connections, see `docs/PROTOCOL.md` §6).
 ///
 /// The caller then seals `out[spans.body]` in place with `out[spans.aad]` as
 /// associated data and writes the tag into `out[spans.tag]`. Reserves the
@@ -98,13 +110,17 @@ pub fn batch_frame_len<M: AsRef<[u8]>>(messages: &[M]) -> usize {
 /// use qudag_batch::{encode_batch_frame, TAG_LEN};
 ///
 /// let mut out = BytesMut::new();
-/// let spans = encode_batch_frame(7, &[&b"hi"[..]], &mut out);
-/// assert_eq!(&out[spans.aad.clone()], &[0, 0, 0, 35, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
+/// let spans = encode_batch_frame(7, 300, &[&b"hi"[..]], &mut out);
+/// assert_eq!(
+///     &out[spans.aad.clone()],
+///     &[0, 0, 0, 43, 1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 1, 44]
+/// );
 /// assert_eq!(&out[spans.body.clone()], &[0, 0, 0, 1, 0, 0, 0, 2, b'h', b'i']);
 /// assert_eq!(&out[spans.tag.clone()], &[0; TAG_LEN]);
 /// ```
 pub fn encode_batch_frame<M: AsRef<[u8]>>(
     seq: u64,
+    first: u64,
     messages: &[M],
     out: &mut BytesMut,
 ) -> FrameSpans {
@@ -118,6 +134,7 @@ pub fn encode_batch_frame<M: AsRef<[u8]>>(
     out.put_u32(length_field);
     out.put_u8(KIND_BATCH);
     out.put_u64(seq);
+    out.put_u64(first);
     out.put_u32(count);
     for m in messages {
         let m = m.as_ref();
@@ -135,8 +152,8 @@ pub fn encode_batch_frame<M: AsRef<[u8]>>(
     }
 }
 
-/// Appends one ACK frame to `out`: every batch with a sequence number below
-/// `next_seq` was delivered.
+/// Appends one ACK frame to `out`: every message numbered below `next` was
+/// delivered to the application.
 ///
 /// # Examples
 ///
@@ -148,11 +165,47 @@ pub fn encode_batch_frame<M: AsRef<[u8]>>(
 /// encode_ack_frame(3, &mut out);
 /// assert_eq!(&out[..], &[0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 0, 3]);
 /// ```
-pub fn encode_ack_frame(next_seq: u64, out: &mut BytesMut) {
+pub fn encode_ack_frame(next: u64, out: &mut BytesMut) {
     out.reserve(ACK_FRAME_LEN);
     out.put_u32((ACK_FRAME_LEN - LEN_FIELD) as u32);
     out.put_u8(KIND_ACK);
-    out.put_u64(next_seq);
+    out.put_u64(next);
+}
+
+/// What a RESUME frame says: the first frame each side sends on a new
+/// connection (`docs/PROTOCOL.md` §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Resume {
+    /// The sender's incarnation: random, fresh at each start, never 0.
+    pub incarnation: u64,
+    /// The incarnation of the receiver that the sender holds delivery state
+    /// for, or 0 if it holds none.
+    pub known: u64,
+    /// Every message of incarnation `known` numbered below this was delivered
+    /// to the sender's application (0 when `known` is 0).
+    pub next: u64,
+}
+
+/// Appends one RESUME frame to `out`.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use qudag_batch::{encode_resume_frame, Resume};
+///
+/// let mut out = BytesMut::new();
+/// encode_resume_frame(&Resume { incarnation: 1, known: 2, next: 3 }, &mut out);
+/// assert_eq!(out.len(), 29);
+/// assert_eq!(&out[..5], &[0, 0, 0, 25, 3]);
+/// ```
+pub fn encode_resume_frame(resume: &Resume, out: &mut BytesMut) {
+    out.reserve(RESUME_FRAME_LEN);
+    out.put_u32((RESUME_FRAME_LEN - LEN_FIELD) as u32);
+    out.put_u8(KIND_RESUME);
+    out.put_u64(resume.incarnation);
+    out.put_u64(resume.known);
+    out.put_u64(resume.next);
 }
 
 /// Receiver-side limits for [`FrameDecoder`] and [`decode_body`].
@@ -170,7 +223,7 @@ pub struct CodecLimits {
 
 impl Default for CodecLimits {
     /// The limits matching [`BatchConfig::default`](crate::BatchConfig):
-    /// frames up to 1 MiB + 29 bytes, 128 messages, messages up to
+    /// frames up to 1 MiB + 37 bytes, 128 messages, messages up to
     /// 1 MiB - 8 bytes.
     fn default() -> Self {
         Self {
@@ -184,7 +237,7 @@ impl Default for CodecLimits {
 impl CodecLimits {
     /// The longest frame accepted, in bytes, counting the whole frame
     /// including its 4-byte length field. A BATCH frame's body may be up to
-    /// `max_frame_len - 29` bytes. Default: 1 MiB + 29.
+    /// `max_frame_len - 37` bytes. Default: 1 MiB + 37.
     pub fn max_frame_len(&mut self, n: usize) -> &mut Self {
         self.max_frame_len = n;
         self
@@ -218,7 +271,7 @@ impl CodecLimits {
         self.max_message_len
     }
 
-    /// The longest batch body accepted: `max_frame_len - 29`.
+    /// The longest batch body accepted: `max_frame_len - 37`.
     pub fn max_body_len(&self) -> usize {
         self.max_frame_len.saturating_sub(FRAME_OVERHEAD)
     }
@@ -299,12 +352,13 @@ pub enum DecodeError {
 pub enum Frame {
     /// A BATCH frame, still sealed.
     Batch(SealedBatch),
-    /// An ACK frame: every batch with a sequence number below `next_seq` was
-    /// delivered.
+    /// An ACK frame: every message numbered below `next` was delivered.
     Ack {
-        /// The sequence number of the first batch not yet delivered.
-        next_seq: u64,
+        /// The number of the first message not yet delivered.
+        next: u64,
     },
+    /// A RESUME frame.
+    Resume(Resume),
 }
 
 /// A received BATCH frame whose body is still sealed.
@@ -315,6 +369,7 @@ pub enum Frame {
 #[derive(Debug, PartialEq, Eq)]
 pub struct SealedBatch {
     seq: u64,
+    first: u64,
     /// The frame without its tag: header then body.
     frame: BytesMut,
     tag: [u8; TAG_LEN],
@@ -326,7 +381,12 @@ impl SealedBatch {
         self.seq
     }
 
-    /// The pieces the opener needs: the 13 header bytes to authenticate as
+    /// The number of the batch's first message (authenticated: part of the AAD).
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// The pieces the opener needs: the 21 header bytes to authenticate as
     /// AAD, the body to open in place, and the tag.
     pub fn parts_mut(&mut self) -> (&[u8], &mut [u8], &[u8; TAG_LEN]) {
         let (aad, body) = self.frame.split_at_mut(BATCH_HEADER_LEN);
@@ -363,7 +423,7 @@ impl SealedBatch {
 /// use qudag_batch::{decode_body, encode_batch_frame, CodecLimits, Frame, FrameDecoder};
 ///
 /// let mut wire = BytesMut::new();
-/// encode_batch_frame(0, &[&b"a"[..], &b"bc"[..]], &mut wire);
+/// encode_batch_frame(0, 0, &[&b"a"[..], &b"bc"[..]], &mut wire);
 ///
 /// let limits = CodecLimits::default();
 /// let mut decoder = FrameDecoder::new(limits.clone());
@@ -416,7 +476,7 @@ impl FrameDecoder {
     ///
     /// [`DecodeError::FrameTooLarge`], [`DecodeError::FrameTooShort`],
     /// [`DecodeError::UnknownKind`], or [`DecodeError::TrailingBytes`] for an
-    /// ACK frame longer than 13 bytes. `buf` is left untouched.
+    /// ACK or RESUME frame longer than its fixed size. `buf` is left untouched.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         let Some(length_field) = read_u32(buf, 0) else {
             return Ok(None);
@@ -449,16 +509,21 @@ impl FrameDecoder {
                     });
                 }
             }
-            KIND_ACK => {
-                if frame_len < ACK_FRAME_LEN {
+            KIND_ACK | KIND_RESUME => {
+                let exact = if kind == KIND_ACK {
+                    ACK_FRAME_LEN
+                } else {
+                    RESUME_FRAME_LEN
+                };
+                if frame_len < exact {
                     return Err(DecodeError::FrameTooShort {
                         len: frame_len,
-                        min: ACK_FRAME_LEN,
+                        min: exact,
                     });
                 }
-                if frame_len > ACK_FRAME_LEN {
+                if frame_len > exact {
                     return Err(DecodeError::TrailingBytes {
-                        extra: frame_len - ACK_FRAME_LEN,
+                        extra: frame_len - exact,
                     });
                 }
             }
@@ -470,14 +535,28 @@ impl FrameDecoder {
         }
         let mut frame = buf.split_to(frame_len);
         // lengths checked above: every read below is in bounds
-        let seq = read_u64(&frame, LEN_FIELD + 1).unwrap_or_default();
+        let word = |i: usize| read_u64(&frame, LEN_FIELD + 1 + 8 * i).unwrap_or_default();
+        let seq = word(0);
         if kind == KIND_ACK {
-            return Ok(Some(Frame::Ack { next_seq: seq }));
+            return Ok(Some(Frame::Ack { next: seq }));
         }
+        if kind == KIND_RESUME {
+            return Ok(Some(Frame::Resume(Resume {
+                incarnation: seq,
+                known: word(1),
+                next: word(2),
+            })));
+        }
+        let first = word(1);
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&frame[frame_len - TAG_LEN..]);
         frame.truncate(frame_len - TAG_LEN);
-        Ok(Some(Frame::Batch(SealedBatch { seq, frame, tag })))
+        Ok(Some(Frame::Batch(SealedBatch {
+            seq,
+            first,
+            frame,
+            tag,
+        })))
     }
 }
 

@@ -100,7 +100,7 @@ impl BatchConfig {
 
     /// The most bytes of one batch *body*, in bytes: the 4-byte message
     /// count plus, per message, a 4-byte length prefix and the payload
-    /// (see `docs/PROTOCOL.md`). The frame around it adds 29 bytes. A
+    /// (see `docs/PROTOCOL.md`). The frame around it adds 37 bytes. A
     /// message that would take the body over this closes the current batch
     /// and starts the next one. Must be between [`MIN_MAX_BYTES`] (8) and
     /// [`MAX_MAX_BYTES`]. Default: 1 MiB (1 048 576).

@@ -51,7 +51,7 @@
 //!
 //! // sender: encode, then seal out[spans.body] in place and write the tag
 //! let mut wire = BytesMut::new();
-//! let spans = encode_batch_frame(0, batch.messages(), &mut wire);
+//! let spans = encode_batch_frame(0, 0, batch.messages(), &mut wire);
 //! wire[spans.body].iter_mut().for_each(|b| *b ^= 0x5a); // a toy cipher
 //!
 //! // receiver: decode with the matching limits, open in place, parse
@@ -72,13 +72,16 @@
 mod batcher;
 mod codec;
 mod config;
+mod session;
 
 pub use batcher::{Batch, Batcher, PushError};
 pub use codec::{
-    batch_frame_len, body_len, decode_body, encode_ack_frame, encode_batch_frame, CodecLimits,
-    DecodeError, Frame, FrameDecoder, FrameSpans, SealedBatch, ACK_FRAME_LEN, BATCH_HEADER_LEN,
-    FRAME_OVERHEAD, KIND_ACK, KIND_BATCH, TAG_LEN,
+    batch_frame_len, body_len, decode_body, encode_ack_frame, encode_batch_frame,
+    encode_resume_frame, CodecLimits, DecodeError, Frame, FrameDecoder, FrameSpans, Resume,
+    SealedBatch, ACK_FRAME_LEN, BATCH_HEADER_LEN, FRAME_OVERHEAD, KIND_ACK, KIND_BATCH,
+    KIND_RESUME, RESUME_FRAME_LEN, TAG_LEN,
 };
+pub use session::{AckError, Inbox, InboxPlan, Outbox, ResumeOutcome};
 pub use config::{
     BatchConfig, ConfigError, FlushPolicy, DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY,
     DEFAULT_MAX_MESSAGES, MAX_MAX_BYTES, MIN_MAX_BYTES,

@@ -84,7 +84,7 @@ fn codec_limits_follow_the_config() {
     let limits = c.codec_limits();
     assert_eq!(limits.get_max_messages(), 7);
     assert_eq!(limits.get_max_message_len(), 100);
-    assert_eq!(limits.get_max_frame_len(), 1000 + 29);
+    assert_eq!(limits.get_max_frame_len(), 1000 + 37);
     assert_eq!(limits.max_body_len(), 1000);
 }
 
@@ -479,7 +479,7 @@ proptest! {
             }
             // the receiver's limits accept every batch the sender makes
             let mut wire = BytesMut::new();
-            encode_batch_frame(seq as u64, batch.messages(), &mut wire);
+            encode_batch_frame(seq as u64, 0, batch.messages(), &mut wire);
             prop_assert_eq!(wire.len(), batch.frame_len());
             let frame = decoder.decode(&mut wire).unwrap();
             let Some(Frame::Batch(sealed)) = frame else { panic!("not a batch: {frame:?}") };

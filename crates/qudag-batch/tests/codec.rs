@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use qudag_batch::{
-    batch_frame_len, decode_body, encode_ack_frame, encode_batch_frame, CodecLimits, DecodeError,
-    Frame, FrameDecoder, TAG_LEN,
+    batch_frame_len, decode_body, encode_ack_frame, encode_batch_frame, encode_resume_frame,
+    CodecLimits, DecodeError, Frame, FrameDecoder, Resume, RESUME_FRAME_LEN, TAG_LEN,
 };
 
 fn limits(frame: usize, messages: usize, message: usize) -> CodecLimits {
@@ -19,7 +19,7 @@ fn limits(frame: usize, messages: usize, message: usize) -> CodecLimits {
 
 fn body_of(messages: &[&[u8]]) -> Bytes {
     let mut out = BytesMut::new();
-    let spans = encode_batch_frame(0, messages, &mut out);
+    let spans = encode_batch_frame(0, 0, messages, &mut out);
     out.freeze().slice(spans.body)
 }
 
@@ -45,21 +45,27 @@ fn check_body(bytes: &[u8], expect: Result<Vec<&[u8]>, DecodeError>) {
 #[test]
 fn golden_batch_frame() {
     let mut out = BytesMut::from(&b"xx"[..]); // spans index into the whole buffer
-    let spans = encode_batch_frame(0x0102_0304_0506_0708, &[&b"ab"[..], &b""[..]], &mut out);
+    let spans = encode_batch_frame(
+        0x0102_0304_0506_0708,
+        0x1112_1314_1516_1718,
+        &[&b"ab"[..], &b""[..]],
+        &mut out,
+    );
     #[rustfmt::skip]
     let want: &[u8] = &[
         b'x', b'x',
-        0, 0, 0, 39,                  // length of what follows: 1 + 8 + 14 + 16
+        0, 0, 0, 47,                  // length of what follows: 1 + 8 + 8 + 14 + 16
         1,                            // kind BATCH
         1, 2, 3, 4, 5, 6, 7, 8,       // seq
+        0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // first message number
         0, 0, 0, 2,                   // count
         0, 0, 0, 2, b'a', b'b',       // message 0
         0, 0, 0, 0,                   // message 1 (empty)
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // tag
     ];
     assert_eq!(&out[..], want);
-    assert_eq!((spans.aad, spans.body, spans.tag), (2..15, 15..29, 29..45));
-    assert_eq!(batch_frame_len(&[&b"ab"[..], &b""[..]]), 43);
+    assert_eq!((spans.aad, spans.body, spans.tag), (2..23, 23..37, 37..53));
+    assert_eq!(batch_frame_len(&[&b"ab"[..], &b""[..]]), 51);
 }
 
 #[test]
@@ -72,10 +78,30 @@ fn golden_ack_frame() {
     );
     check_frame(
         &out,
-        Ok(Some(Frame::Ack {
-            next_seq: u64::MAX - 1,
-        })),
+        Ok(Some(Frame::Ack { next: u64::MAX - 1 })),
     );
+}
+
+#[test]
+fn golden_resume_frame() {
+    let mut out = BytesMut::new();
+    let resume = Resume {
+        incarnation: 0x0102_0304_0506_0708,
+        known: 0x1112_1314_1516_1718,
+        next: 5,
+    };
+    encode_resume_frame(&resume, &mut out);
+    #[rustfmt::skip]
+    let want: &[u8] = &[
+        0, 0, 0, 25,                                    // length: 1 + 3 * 8
+        3,                                              // kind RESUME
+        1, 2, 3, 4, 5, 6, 7, 8,                         // incarnation
+        0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // known
+        0, 0, 0, 0, 0, 0, 0, 5,                         // next
+    ];
+    assert_eq!(&out[..], want);
+    assert_eq!(out.len(), RESUME_FRAME_LEN);
+    check_frame(&out, Ok(Some(Frame::Resume(resume))));
 }
 
 #[test]
@@ -90,8 +116,16 @@ fn frame_errors() {
     check_frame(&[0, 0, 0, 9, 7], Err(DecodeError::UnknownKind(7)));
     check_frame(&[0, 0, 0, 1, 0], Err(DecodeError::UnknownKind(0)));
     check_frame(
-        &[0, 0, 0, 28, 1],
-        Err(DecodeError::FrameTooShort { len: 32, min: 33 }),
+        &[0, 0, 0, 36, 1],
+        Err(DecodeError::FrameTooShort { len: 40, min: 41 }),
+    );
+    check_frame(
+        &[0, 0, 0, 24, 3],
+        Err(DecodeError::FrameTooShort { len: 28, min: 29 }),
+    );
+    check_frame(
+        &[0, 0, 0, 26, 3],
+        Err(DecodeError::TrailingBytes { extra: 1 }),
     );
     check_frame(
         &[0, 0, 0, 8, 2],
@@ -137,7 +171,7 @@ fn an_oversized_frame_is_refused_before_buffering() {
 #[test]
 fn an_acceptable_partial_frame_reserves_the_rest() {
     let mut wire = BytesMut::new();
-    encode_batch_frame(9, &[vec![7u8; 5000]], &mut wire);
+    encode_batch_frame(9, 0, &[vec![7u8; 5000]], &mut wire);
     let mut buf = BytesMut::from(&wire[..100]);
     let mut decoder = FrameDecoder::new(CodecLimits::default());
     assert_eq!(decoder.needed(&buf), wire.len() - 100);
@@ -187,8 +221,8 @@ fn body_errors() {
     );
     // a count the limits allow but the bytes cannot hold: refused before allocating
     check_body(&[0, 0, 0, 3, 0, 0, 0, 0], Err(DecodeError::Truncated));
-    let big = vec![0u8; 1000 - 29 + 1];
-    check_body(&big, Err(DecodeError::BodyTooLarge { len: 972, max: 971 }));
+    let big = vec![0u8; 1000 - 37 + 1];
+    check_body(&big, Err(DecodeError::BodyTooLarge { len: 964, max: 963 }));
 }
 
 #[test]
@@ -198,8 +232,8 @@ fn error_messages_are_lowercase_and_informative() {
         "frame of 10 bytes exceeds the limit of 5"
     );
     assert_eq!(
-        DecodeError::UnknownKind(3).to_string(),
-        "unknown frame kind 3"
+        DecodeError::UnknownKind(4).to_string(),
+        "unknown frame kind 4"
     );
     assert_eq!(
         DecodeError::Truncated.to_string(),
@@ -210,7 +244,7 @@ fn error_messages_are_lowercase_and_informative() {
 #[test]
 fn decoding_is_zero_copy() {
     let mut wire = BytesMut::new();
-    let spans = encode_batch_frame(1, &[&b"hello"[..], &b"world"[..]], &mut wire);
+    let spans = encode_batch_frame(1, 0, &[&b"hello"[..], &b"world"[..]], &mut wire);
     let base = wire.as_ptr() as usize;
     let mut decoder = FrameDecoder::new(CodecLimits::default());
     let Some(Frame::Batch(batch)) = decoder.decode(&mut wire).unwrap() else {
@@ -230,7 +264,7 @@ fn decoding_is_zero_copy() {
 #[test]
 fn parts_expose_aad_body_and_tag_for_opening_in_place() {
     let mut wire = BytesMut::new();
-    let spans = encode_batch_frame(5, &[&b"abc"[..]], &mut wire);
+    let spans = encode_batch_frame(5, 0, &[&b"abc"[..]], &mut wire);
     wire[spans.tag.clone()].copy_from_slice(&[0xee; TAG_LEN]);
     let aad = wire[spans.aad.clone()].to_vec();
     let body = wire[spans.body.clone()].to_vec();
@@ -256,21 +290,27 @@ fn messages() -> impl Strategy<Value = Vec<Vec<u8>>> {
 
 fn body_bytes(messages: &[Vec<u8>]) -> Bytes {
     let mut out = BytesMut::new();
-    let spans = encode_batch_frame(0, messages, &mut out);
+    let spans = encode_batch_frame(0, 0, messages, &mut out);
     out.freeze().slice(spans.body)
 }
 
 #[derive(Debug, Clone)]
 enum Wire {
-    Batch(u64, Vec<Vec<u8>>, [u8; TAG_LEN]),
+    Batch(u64, u64, Vec<Vec<u8>>, [u8; TAG_LEN]),
     Ack(u64),
+    Resume(Resume),
 }
 
 fn wire_frame() -> impl Strategy<Value = Wire> {
     prop_oneof![
-        (any::<u64>(), messages(), any::<[u8; TAG_LEN]>())
-            .prop_map(|(s, m, t)| Wire::Batch(s, m, t)),
+        (any::<u64>(), any::<u64>(), messages(), any::<[u8; TAG_LEN]>())
+            .prop_map(|(s, f, m, t)| Wire::Batch(s, f, m, t)),
         any::<u64>().prop_map(Wire::Ack),
+        any::<(u64, u64, u64)>().prop_map(|(incarnation, known, next)| Wire::Resume(Resume {
+            incarnation,
+            known,
+            next
+        })),
     ]
 }
 
@@ -285,9 +325,9 @@ proptest! {
         tag in any::<[u8; TAG_LEN]>(),
     ) {
         let mut out = BytesMut::from(&prefix[..]);
-        let spans = encode_batch_frame(seq, &msgs, &mut out);
+        let spans = encode_batch_frame(seq, 0, &msgs, &mut out);
         prop_assert_eq!(out.len() - prefix.len(), batch_frame_len(&msgs));
-        prop_assert_eq!(spans.aad.clone(), prefix.len()..prefix.len() + 13);
+        prop_assert_eq!(spans.aad.clone(), prefix.len()..prefix.len() + 21);
         prop_assert_eq!(spans.body.end, spans.tag.start);
         prop_assert_eq!(spans.tag.end, out.len());
         prop_assert_eq!(&out[spans.tag.clone()], &[0u8; TAG_LEN]);
@@ -317,11 +357,12 @@ proptest! {
         let mut wire = BytesMut::new();
         for f in &frames {
             match f {
-                Wire::Batch(seq, m, tag) => {
-                    let spans = encode_batch_frame(*seq, m, &mut wire);
+                Wire::Batch(seq, first, m, tag) => {
+                    let spans = encode_batch_frame(*seq, *first, m, &mut wire);
                     wire[spans.tag].copy_from_slice(tag);
                 }
                 Wire::Ack(n) => encode_ack_frame(*n, &mut wire),
+                Wire::Resume(r) => encode_resume_frame(r, &mut wire),
             }
         }
         let limits = CodecLimits::default();
@@ -343,12 +384,14 @@ proptest! {
         prop_assert_eq!(got.len(), frames.len());
         for (g, f) in got.into_iter().zip(&frames) {
             match (g, f) {
-                (Frame::Batch(mut b), Wire::Batch(seq, m, tag)) => {
+                (Frame::Batch(mut b), Wire::Batch(seq, first, m, tag)) => {
                     prop_assert_eq!(b.seq(), *seq);
+                    prop_assert_eq!(b.first(), *first);
                     prop_assert_eq!(b.parts_mut().2, tag);
                     prop_assert_eq!(&decode_body(b.into_body(), &limits).unwrap(), m);
                 }
-                (Frame::Ack { next_seq }, Wire::Ack(n)) => prop_assert_eq!(next_seq, *n),
+                (Frame::Ack { next }, Wire::Ack(n)) => prop_assert_eq!(next, *n),
+                (Frame::Resume(got), Wire::Resume(r)) => prop_assert_eq!(got, *r),
                 (g, f) => prop_assert!(false, "got {:?} for {:?}", g, f),
             }
         }
@@ -357,13 +400,13 @@ proptest! {
     #[test]
     fn limits_are_enforced_exactly(
         msgs in messages(),
-        max_frame in 29usize..2000,
+        max_frame in 37usize..2000,
         max_messages in 0usize..30,
         max_message_len in 0usize..70,
     ) {
         let l = limits(max_frame, max_messages, max_message_len);
         let mut wire = BytesMut::new();
-        encode_batch_frame(0, &msgs, &mut wire);
+        encode_batch_frame(0, 0, &msgs, &mut wire);
         let frame_len = wire.len();
         let body = body_bytes(&msgs);
 
@@ -376,8 +419,8 @@ proptest! {
 
         let longest = msgs.iter().map(Vec::len).max().unwrap_or(0);
         let result = decode_body(body.clone(), &l);
-        if body.len() > max_frame - 29 {
-            prop_assert_eq!(result, Err(DecodeError::BodyTooLarge { len: body.len(), max: max_frame - 29 }));
+        if body.len() > max_frame - 37 {
+            prop_assert_eq!(result, Err(DecodeError::BodyTooLarge { len: body.len(), max: max_frame - 37 }));
         } else if msgs.len() > max_messages {
             prop_assert_eq!(result, Err(DecodeError::TooManyMessages { count: msgs.len() as u32, max: max_messages }));
         } else if longest > max_message_len {
@@ -422,6 +465,7 @@ proptest! {
                     let consumed = before - buf.len();
                     match frame {
                         Frame::Ack { .. } => prop_assert_eq!(consumed, 13),
+                        Frame::Resume(_) => prop_assert_eq!(consumed, RESUME_FRAME_LEN),
                         Frame::Batch(b) => {
                             prop_assert_eq!(consumed, b.frame_len());
                             prop_assert!(consumed <= l.get_max_frame_len());
