@@ -11,14 +11,15 @@ pub const KEY_LEN: usize = 32;
 
 /// TLS exporter label (RFC 5705 / RFC 8446 section 7.5) for the key that
 /// seals batches sent by the dialer (the side that opened the connection) to
-/// the listener. The exporter context is empty and the output is
-/// [`KEY_LEN`] bytes.
-pub const LABEL_DIALER_TO_LISTENER: &[u8] = b"EXPORTER-qudag-net/1 batch key dialer->listener";
+/// the listener. The exporter context is the dialer's PeerId followed by the
+/// listener's (64 bytes), so the key is bound to both identities, and the
+/// output is [`KEY_LEN`] bytes.
+pub const LABEL_DIALER_TO_LISTENER: &[u8] = b"EXPORTER-qudag-net/2 batch key dialer->listener";
 
 /// TLS exporter label for the key that seals batches sent by the listener to
-/// the dialer. The exporter context is empty and the output is [`KEY_LEN`]
-/// bytes.
-pub const LABEL_LISTENER_TO_DIALER: &[u8] = b"EXPORTER-qudag-net/1 batch key listener->dialer";
+/// the dialer. The exporter context is the dialer's PeerId followed by the
+/// listener's (64 bytes), and the output is [`KEY_LEN`] bytes.
+pub const LABEL_LISTENER_TO_DIALER: &[u8] = b"EXPORTER-qudag-net/2 batch key listener->dialer";
 
 /// Which end of a connection this node is; picks the exporter labels.
 ///

@@ -1,17 +1,21 @@
 //! The per-peer driver: one task per known peer that owns the peer's queue,
-//! batcher, sealer and connection, and is the only writer to its stream.
+//! batcher, session (`Outbox`) and current connection, and is the only writer
+//! to its stream.
 //!
 //! The driver is where the sans-IO cores meet IO and time: it reads the clock
 //! (`tokio::time::Instant`, so `tokio::time::pause` controls it) and passes
-//! `now` to the batcher, the pool and the backoff.
+//! `now` to the batcher, the outbox, the pool and the backoff. The session
+//! logic (message numbers, resends, what a RESUME means) lives in
+//! `qudag_batch::Outbox`; the driver moves bytes and keeps time.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use qudag_batch::{encode_ack_frame, encode_batch_frame, Batch, Batcher};
+use qudag_batch::{
+    encode_ack_frame, encode_batch_frame, encode_resume_frame, Batcher, Outbox, Resume,
+};
 use qudag_crypto::PeerId;
 use qudag_metrics::{CloseKind, ErrorKind};
 use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
@@ -21,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::manager::Shared;
-use crate::session::{self, CloseCode, Pooled, ReaderCtx, ReaderEvent, Session, SessionEnd};
+use crate::session::{self, CloseCode, Pooled, ReaderCtx, RecvState, Session, SessionEnd};
 use crate::{Event, NetError, UndeliveredReason};
 
 /// The largest frame buffer a session keeps between batches.
@@ -64,12 +68,8 @@ pub(crate) struct Peer {
     pub(crate) tx: mpsc::Sender<Envelope>,
     pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
     pub(crate) state: Mutex<StateMachine>,
-}
-
-struct Unacked {
-    seq: u64,
-    batch: Batch<Envelope>,
-    written_at: Instant,
+    /// The receiving half of the session with this peer.
+    pub(crate) recv: Arc<RecvState>,
 }
 
 pub(crate) struct Driver {
@@ -81,14 +81,21 @@ pub(crate) struct Driver {
     session: Option<Session>,
     /// The session is parked in the pool (the user disconnected).
     idle: bool,
-    next_seq: u64,
-    unacked: VecDeque<Unacked>,
+    /// The sending half of the session: numbers, window, resends.
+    outbox: Outbox<Envelope>,
     redials: u32,
     next_redial: Option<Instant>,
-    /// Since when messages have waited for a connection that does not come.
+    /// Since when messages have waited without progress (no connection, or
+    /// one that acknowledges nothing); past `unreachable_after` they go back.
     down_since: Option<Instant>,
     /// Since when the driver has had nothing to do (no session, nothing queued).
     quiet_since: Option<Instant>,
+    /// The peer closed our connection as a simultaneous dial's loser: its
+    /// winner should arrive by then.
+    winner_due: Option<Instant>,
+    /// The last connection ended because the peer stopped acknowledging
+    /// (the reason given if the messages go back).
+    unresponsive: bool,
 }
 
 fn std_now() -> std::time::Instant {
@@ -102,11 +109,15 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn next_event(session: &mut Option<Session>) -> Option<ReaderEvent> {
-    match session {
-        Some(s) => s.events.recv().await,
+async fn signalled(signals: Option<Arc<session::Signals>>) {
+    match signals {
+        Some(s) => s.changed().await,
         None => std::future::pending().await,
     }
+}
+
+fn signals_of(session: &Option<Session>) -> Option<Arc<session::Signals>> {
+    session.as_ref().map(|s| s.signals.clone())
 }
 
 impl Driver {
@@ -119,8 +130,10 @@ impl Driver {
             tx,
             ctl: ctl_tx,
             state: Mutex::new(StateMachine::new()),
+            recv: RecvState::new(),
         });
         let driver = Driver {
+            outbox: Outbox::new(shared.incarnation),
             batcher: Batcher::new(shared.config.batch.clone()),
             shared,
             peer: peer.clone(),
@@ -128,12 +141,12 @@ impl Driver {
             ctl,
             session: None,
             idle: false,
-            next_seq: 0,
-            unacked: VecDeque::new(),
             redials: 0,
             next_redial: None,
             down_since: None,
             quiet_since: None,
+            winner_due: None,
+            unresponsive: false,
         };
         tokio::spawn(driver.run());
         peer
@@ -142,26 +155,38 @@ impl Driver {
     async fn run(mut self) {
         loop {
             if let Err(end) = self.flush_ready().await {
-                self.session_ended(end, UndeliveredReason::ConnectionFailed);
+                self.session_lost(end);
             }
-            let writable = self.session.is_some();
-            let batch_deadline = if writable {
+            let connected = self.session.is_some();
+            let sendable = self.outbox.may_send_new();
+            let batch_deadline = if sendable {
                 self.batcher.poll_timeout().map(Instant::from_std)
             } else {
                 None
             };
+            let ack_timeout = self.shared.config.ack_timeout;
+            // The peer owes an ACK, or its RESUME on a new connection.
             let ack_deadline = self
-                .unacked
-                .front()
-                .map(|u| u.written_at + self.shared.config.ack_timeout);
-            let can_pull = writable
-                && self.unacked.len() < self.shared.config.max_unacked_batches
+                .outbox
+                .ack_deadline(ack_timeout)
+                .map(Instant::from_std)
+                .or_else(|| {
+                    let s = self.session.as_ref()?;
+                    (!self.outbox.synced()).then(|| s.adopted_at + ack_timeout)
+                });
+            let give_up_at = self
+                .down_since
+                .map(|t| t + self.shared.config.unreachable_after);
+            let can_pull = sendable
+                && self.outbox.window_batches() < self.shared.config.max_unacked_batches
                 && self.batcher.pending_messages() < self.shared.config.batch.get_max_messages();
             // Without a session, pull one message to learn that there is demand.
-            let pull_for_demand =
-                !writable && self.next_redial.is_none() && self.batcher.pending_messages() == 0;
+            let pull_for_demand = !connected
+                && self.next_redial.is_none()
+                && self.batcher.pending_messages() == 0
+                && self.outbox.is_empty();
             // A driver with nothing to do for a while retires (see `retire`).
-            if !pull_for_demand {
+            if !pull_for_demand || self.down_since.is_some() {
                 self.quiet_since = None;
             } else if self.quiet_since.is_none() {
                 self.quiet_since = Some(Instant::now());
@@ -183,11 +208,16 @@ impl Driver {
                         return;
                     }
                 },
-                ev = next_event(&mut self.session) => self.on_reader_event(ev).await,
+                () = signalled(signals_of(&self.session)) => self.on_signals(),
+                () = self.peer.recv.wake.notified() => {
+                    if let Err(end) = self.write_ack().await {
+                        self.session_lost(end);
+                    }
+                }
                 env = self.rx.recv(), if can_pull || pull_for_demand => {
                     if let Some(env) = env {
                         self.take(env);
-                        if writable {
+                        if connected {
                             self.drain_queue();
                         } else {
                             self.demand().await;
@@ -196,9 +226,16 @@ impl Driver {
                 }
                 () = sleep_until(batch_deadline) => self.batcher.handle_timeout(std_now()),
                 () = sleep_until(ack_deadline) => self.unresponsive(),
-                () = sleep_until(self.next_redial), if !writable => {
+                () = sleep_until(self.next_redial), if !connected => {
                     self.next_redial = None;
                     self.demand().await;
+                }
+                () = sleep_until(give_up_at) => self.give_up(),
+                () = sleep_until(self.winner_due) => {
+                    self.winner_due = None;
+                    if !connected && self.state() == ConnState::Connected {
+                        self.set_state(ConnState::Disconnected);
+                    }
                 }
                 () = sleep_until(retire_at) => {
                     self.retire().await;
@@ -355,13 +392,10 @@ impl Driver {
             if let Some(s) = &self.session {
                 s.handle.close(CloseCode::Expired);
             }
-            self.session_ended(
-                SessionEnd::Closed(CloseReason::Local {
-                    code: CloseCode::Expired as u32,
-                    reason: Bytes::from_static(CloseCode::Expired.reason()),
-                }),
-                UndeliveredReason::ConnectionFailed,
-            );
+            self.session_lost(SessionEnd::Closed(CloseReason::Local {
+                code: CloseCode::Expired as u32,
+                reason: Bytes::from_static(CloseCode::Expired.reason()),
+            }));
         }
         let addr = (*self.peer.addr.lock()).ok_or(NetError::UnknownPeer(self.peer.id))?;
         if let Err(e) = self.shared.backoff.check(&self.peer.id, std_now()) {
@@ -376,10 +410,12 @@ impl Driver {
         self.set_state(ConnState::Connecting);
         let to = PeerAddr::new(self.peer.id, addr);
         let shared = self.shared.clone();
+        let recv = self.peer.recv.clone();
         let result = tokio::time::timeout(self.shared.config.connect_timeout, async {
             let conn = shared.transport.dial(&to).await?;
             let slot = permit.established();
-            session::establish(conn, slot, shared.reader_ctx(to.peer)?).await
+            let ctx = shared.reader_ctx(to.peer, recv)?;
+            session::establish(conn, shared.local, slot, ctx).await
         })
         .await;
         self.shared.sink.pending_dials(-1);
@@ -402,23 +438,30 @@ impl Driver {
         }
     }
 
-    fn adopt(&mut self, session: Session) {
+    /// Makes `session` the current connection of the peer session. What the
+    /// window holds is resent on it once the peer's RESUME arrives.
+    fn adopt(&mut self, mut session: Session) {
+        session.adopted_at = Instant::now();
+        self.winner_due = None;
         self.session = Some(session);
+        self.outbox.connected();
         self.idle = false;
-        self.next_seq = 0;
         self.redials = 0;
         self.next_redial = None;
-        self.down_since = None;
         self.shared.backoff.on_success(&self.peer.id);
-        if self.state() != ConnState::Connecting {
-            self.set_state(ConnState::Connecting);
+        if self.state() != ConnState::Connected {
+            if self.state() != ConnState::Connecting {
+                self.set_state(ConnState::Connecting);
+            }
+            self.set_state(ConnState::Connected);
         }
-        self.set_state(ConnState::Connected);
     }
 
-    /// A session the peer opened (already set up: the peer opened its
+    /// A connection the peer opened (already set up: the peer opened its
     /// stream on it). It replaces the current one only by the
-    /// simultaneous-dial rule, or when the peer dialed again.
+    /// simultaneous-dial rule, or when the peer dialed again. A replacement
+    /// loses nothing and is not a failure: the session goes on over the new
+    /// connection, the state stays Connected.
     fn inbound(&mut self, session: Session) {
         if let Some(current) = &self.session {
             if current.handle.conn.is_alive() {
@@ -437,14 +480,18 @@ impl Driver {
                     return;
                 }
                 current.handle.close(CloseCode::Duplicate);
+                tracing::debug!(peer = %self.peer.id, "connection replaced");
+                self.drop_session();
+                self.adopt(session);
+                return;
             }
-            self.session_ended(
-                SessionEnd::Closed(CloseReason::Local {
-                    code: CloseCode::Duplicate as u32,
-                    reason: Bytes::from_static(CloseCode::Duplicate.reason()),
-                }),
-                UndeliveredReason::ConnectionFailed,
-            );
+            self.session_lost(SessionEnd::Closed(
+                current
+                    .handle
+                    .conn
+                    .close_reason()
+                    .unwrap_or(CloseReason::Lost("replaced".into())),
+            ));
         }
         self.adopt(session);
     }
@@ -455,25 +502,30 @@ impl Driver {
             return;
         }
         let since = *self.down_since.get_or_insert_with(Instant::now);
+        if Instant::now() >= since + self.shared.config.unreachable_after {
+            self.give_up();
+            return;
+        }
+        if self.peer.addr.lock().is_none() {
+            // A peer that only dialed us: wait for it to dial again, until
+            // `give_up_at` (down_since + unreachable_after).
+            return;
+        }
         let result = self.connect().await;
-        let too_long =
-            Instant::now().saturating_duration_since(since) >= self.shared.config.unreachable_after;
+        let deadline = since + self.shared.config.unreachable_after;
         match result {
             Ok(()) => {}
-            Err(NetError::Backoff { retry_at, .. }) if !too_long => {
-                // Wake at the retry, or when the wait turns too long, whichever comes first.
-                let deadline = since + self.shared.config.unreachable_after;
+            Err(NetError::Backoff { retry_at, .. }) => {
+                // Wake at the retry; `give_up_at` ends the wait if it turns too long.
                 self.next_redial = Some(Instant::from_std(retry_at).min(deadline));
             }
             Err(e) => {
                 self.redials += 1;
-                if too_long
-                    || self.redials > self.shared.config.max_redials
-                    || matches!(e, NetError::UnknownPeer(_))
+                if self.redials > self.shared.config.max_redials
+                    || matches!(e, NetError::UnknownPeer(_) | NetError::Shutdown)
                 {
-                    self.give_up(UndeliveredReason::Unreachable);
+                    self.give_up();
                 } else {
-                    let deadline = since + self.shared.config.unreachable_after;
                     let retry = self
                         .shared
                         .backoff
@@ -485,11 +537,29 @@ impl Driver {
         }
     }
 
-    /// Hands back everything waiting for this peer (redials exhausted).
-    fn give_up(&mut self, reason: UndeliveredReason) {
+    /// Hands back everything waiting for this peer: it stayed unreachable
+    /// (or unresponsive) past `unreachable_after`, or redials ran out.
+    fn give_up(&mut self) {
+        let reason = if self.session.is_some() || self.unresponsive {
+            UndeliveredReason::Unresponsive
+        } else {
+            UndeliveredReason::Unreachable
+        };
+        self.unresponsive = false;
+        if let Some(s) = &self.session {
+            // Connected, yet nothing moved for that long.
+            s.handle.close(CloseCode::Unresponsive);
+            self.shared.sink.connection_closed(CloseKind::Unresponsive);
+            self.session_lost(SessionEnd::Closed(CloseReason::Local {
+                code: CloseCode::Unresponsive as u32,
+                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
+            }));
+        }
         self.redials = 0;
         self.down_since = None;
         self.next_redial = None;
+        let written = self.outbox.take_all();
+        self.hand_back(written, reason, true);
         let mut msgs = self.drain_batcher();
         while let Ok(env) = self.rx.try_recv() {
             msgs.push(env);
@@ -499,77 +569,85 @@ impl Driver {
 
     // -- writing ----------------------------------------------------------
 
+    /// Writes what the session may write now: our RESUME first on a new
+    /// connection, then an ACK if one is due, resends after the peer's
+    /// RESUME, then new batches.
     async fn flush_ready(&mut self) -> Result<(), SessionEnd> {
-        if self.session.is_none() {
+        let Some(s) = self.session.as_mut() else {
             return Ok(());
+        };
+        if !s.resume_written {
+            let taken = *self.peer.recv.taken.lock();
+            let resume = Resume {
+                incarnation: self.shared.incarnation,
+                known: taken.incarnation,
+                next: taken.next,
+            };
+            let mut frame = bytes::BytesMut::with_capacity(qudag_batch::RESUME_FRAME_LEN);
+            encode_resume_frame(&resume, &mut frame);
+            s.resume_written = true;
+            s.ack_written = taken.next;
+            let limit = self.shared.config.ack_timeout;
+            write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await?;
         }
-        while let Some(batch) = self.batcher.poll_batch() {
-            let written = self.write_batch(batch).await;
-            // Also after a failed write: the next session starts idle.
+        self.write_ack().await?;
+        loop {
+            let now = Instant::now();
+            let (s, outbox) = (self.session.as_mut().expect("checked"), &mut self.outbox);
+            let Some((first, msgs)) = outbox.poll_resend(now.into_std()) else {
+                break;
+            };
+            let (n, wire) = seal_batch(s, first, msgs, &self.peer.id, &*self.shared.sink)?;
+            self.write_frame().await?;
+            self.shared.sink.batch_flushed(n, wire);
+        }
+        while self.outbox.may_send_new() {
+            let Some(batch) = self.batcher.poll_batch() else {
+                break;
+            };
+            let written = self.write_new(batch.into_messages()).await;
+            // Also after a failed write: the next connection starts idle.
             self.batcher.write_complete();
             written?;
         }
         Ok(())
     }
 
-    async fn write_batch(&mut self, batch: Batch<Envelope>) -> Result<(), SessionEnd> {
-        let seq = self.next_seq;
-        let s = self
-            .session
-            .as_mut()
-            .expect("flush_ready checked the session");
-        let before = s.buf.capacity();
-        s.buf.clear();
-        let spans = encode_batch_frame(seq, batch.messages(), &mut s.buf);
-        let (head, rest) = s.buf.split_at_mut(spans.body.start);
-        let (body, tag) = rest.split_at_mut(spans.body.len());
-        let sealed = s.sealer.seal_in_place(seq, &head[spans.aad.clone()], body);
-        let tag_bytes = match sealed {
-            Ok(t) => t,
-            Err(e) => {
-                // The sequence is exhausted: a new connection gets new keys.
-                tracing::warn!(peer = %self.peer.id, error = %e, "sealing refused");
-                s.handle.close(CloseCode::Normal);
-                // Sealing fails only at sequence exhaustion (2^64 batches):
-                // nothing of this batch was written.
-                self.hand_back(
-                    batch.into_messages(),
-                    UndeliveredReason::ConnectionFailed,
-                    false,
-                );
-                return Err(SessionEnd::Protocol(e.to_string()));
-            }
-        };
-        tag[..tag_bytes.len()].copy_from_slice(&tag_bytes);
-        let wire = s.buf.len();
-        let after = s.buf.capacity();
-        if after != before {
-            self.shared.sink.memory(after as isize - before as isize);
-        }
-        self.next_seq += 1;
-        let n = batch.len();
-        self.unacked.push_back(Unacked {
-            seq,
-            batch,
-            written_at: Instant::now(),
-        });
-        let limit = self.shared.config.ack_timeout;
-        let s = self.session.as_mut().expect("still there");
-        write_bounded(&mut s.writer, &s.buf, &s.handle, limit, &*self.shared.sink).await?;
+    async fn write_new(&mut self, msgs: Vec<Envelope>) -> Result<(), SessionEnd> {
+        let s = self.session.as_mut().expect("may_send_new implies a session");
+        let (first, msgs) = self.outbox.send(msgs, std_now());
+        let (n, wire) = seal_batch(s, first, msgs, &self.peer.id, &*self.shared.sink)?;
+        self.write_frame().await?;
         self.shared.sink.batch_flushed(n, wire);
+        Ok(())
+    }
+
+    /// Writes the frame sealed into the session's buffer, bounded by the ack timeout.
+    async fn write_frame(&mut self) -> Result<(), SessionEnd> {
+        let limit = self.shared.config.ack_timeout;
+        let s = self.session.as_mut().expect("a frame was sealed on it");
+        let written =
+            write_bounded(&mut s.writer, &s.buf, &s.handle, limit, &*self.shared.sink).await;
         if s.buf.capacity() > MAX_IDLE_WRITE_BUF {
             // A burst of large batches grew it: do not keep that per connection.
             self.shared.sink.memory(-(s.buf.capacity() as isize));
             s.buf = bytes::BytesMut::new();
         }
-        Ok(())
+        written
     }
 
-    async fn write_ack(&mut self, next: u64) -> Result<(), SessionEnd> {
+    /// Acknowledges what the application took since the last ACK written on
+    /// the current connection.
+    async fn write_ack(&mut self) -> Result<(), SessionEnd> {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
-        let mut frame = bytes::BytesMut::with_capacity(16);
+        let next = self.peer.recv.taken.lock().next;
+        if !s.resume_written || next <= s.ack_written {
+            return Ok(());
+        }
+        s.ack_written = next;
+        let mut frame = bytes::BytesMut::with_capacity(qudag_batch::ACK_FRAME_LEN);
         encode_ack_frame(next, &mut frame);
         let limit = self.shared.config.ack_timeout;
         write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await
@@ -577,99 +655,121 @@ impl Driver {
 
     // -- reading ----------------------------------------------------------
 
-    async fn on_reader_event(&mut self, ev: Option<ReaderEvent>) {
-        let ev = ev.unwrap_or(ReaderEvent::Ended(SessionEnd::Closed(CloseReason::Lost(
-            "reader stopped".into(),
-        ))));
-        match ev {
-            ReaderEvent::Delivered(mut n) => {
-                // Coalesce acknowledgements that are already queued.
-                let mut others = Vec::new();
-                if let Some(s) = self.session.as_mut() {
-                    while let Ok(ev) = s.events.try_recv() {
-                        match ev {
-                            ReaderEvent::Delivered(m) => n = n.max(m),
-                            other => others.push(other),
-                        }
+    /// What the current connection's reader published: the peer's RESUME,
+    /// its ACKs, the end of the connection.
+    fn on_signals(&mut self) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let signals = s.signals.clone();
+        let before = self.outbox.acked();
+        let sink = self.shared.sink.clone();
+        let now = Instant::now();
+        let mut acked_bytes = 0usize;
+        let mut acked_msgs = 0isize;
+        let mut on_acked = |env: Envelope| {
+            let len = env.payload.len();
+            acked_bytes += len;
+            acked_msgs += 1;
+            sink.message_acked(len, now.duration_since(env.sent_at));
+        };
+        let mut violation = None;
+        if let Some(resume) = signals.take_resume() {
+            match self.outbox.on_resume(resume, &mut on_acked) {
+                Ok(outcome) => {
+                    if outcome.lost {
+                        tracing::debug!(peer = %self.peer.id, "peer restarted");
+                    }
+                    if !outcome.handed_back.is_empty() {
+                        self.hand_back(outcome.handed_back, UndeliveredReason::PeerRestarted, true);
                     }
                 }
-                if let Err(end) = self.write_ack(n).await {
-                    self.session_ended(end, UndeliveredReason::ConnectionFailed);
-                    return;
-                }
-                for ev in others {
-                    Box::pin(self.on_reader_event(Some(ev))).await;
-                }
+                Err(e) => violation = Some(e),
             }
-            ReaderEvent::Acked(n) => self.acked(n),
-            ReaderEvent::Ended(end) => self.session_ended(end, UndeliveredReason::ConnectionFailed),
         }
-    }
-
-    fn acked(&mut self, next: u64) {
-        if next > self.next_seq {
-            // The peer acknowledges batches we never sent.
+        let acked = signals.acked();
+        let s = self.session.as_mut().expect("still there");
+        if violation.is_none() && acked > s.ack_seen {
+            s.ack_seen = acked;
+            if let Err(e) = self.outbox.ack(acked, &mut on_acked) {
+                violation = Some(e);
+            }
+        }
+        if acked_msgs > 0 {
+            self.shared.sink.memory(-(acked_bytes as isize));
+            self.shared.sink.queued_messages(-acked_msgs);
+        }
+        if self.outbox.acked() > before || (self.outbox.synced() && self.outbox.is_empty()) {
+            // Progress: the peer is reachable and acknowledging.
+            self.down_since = None;
+            self.unresponsive = false;
+        }
+        if let Some(e) = violation {
             self.shared.sink.error(ErrorKind::Sequence);
+            tracing::warn!(peer = %self.peer.id, error = %e, "closing connection: protocol violation");
             if let Some(s) = &self.session {
                 s.handle.close(CloseCode::Protocol);
             }
-            self.session_ended(
-                SessionEnd::Protocol("acknowledgement beyond the last batch sent".into()),
-                UndeliveredReason::ConnectionFailed,
-            );
+            self.session_lost(SessionEnd::Protocol(e.to_string()));
             return;
         }
-        let now = Instant::now();
-        while self.unacked.front().is_some_and(|u| u.seq < next) {
-            let u = self.unacked.pop_front().expect("checked");
-            let mut bytes = 0usize;
-            for env in u.batch.messages() {
-                let len = env.payload.len();
-                bytes += len;
-                self.shared
-                    .sink
-                    .message_acked(len, now.duration_since(env.sent_at));
-            }
-            self.shared.sink.memory(-(bytes as isize));
-            self.shared.sink.queued_messages(-(u.batch.len() as isize));
+        if let Some(end) = signals.take_ended() {
+            self.session_lost(end);
         }
     }
 
     fn unresponsive(&mut self) {
-        let Some(front) = self.unacked.front() else {
-            return;
-        };
-        if Instant::now() < front.written_at + self.shared.config.ack_timeout {
+        let ack_timeout = self.shared.config.ack_timeout;
+        let due = self
+            .outbox
+            .ack_deadline(ack_timeout)
+            .map(Instant::from_std)
+            .or_else(|| {
+                let s = self.session.as_ref()?;
+                (!self.outbox.synced()).then(|| s.adopted_at + ack_timeout)
+            });
+        if due.is_none_or(|t| Instant::now() < t) {
             return;
         }
         self.shared.sink.error(ErrorKind::AckTimeout);
+        self.unresponsive = true;
         if let Some(s) = &self.session {
             s.handle.close(CloseCode::Unresponsive);
         }
         self.shared.sink.connection_closed(CloseKind::Unresponsive);
-        self.session_ended(
-            SessionEnd::Closed(CloseReason::Local {
-                code: CloseCode::Unresponsive as u32,
-                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
-            }),
-            UndeliveredReason::Unresponsive,
-        );
+        self.session_lost(SessionEnd::Closed(CloseReason::Local {
+            code: CloseCode::Unresponsive as u32,
+            reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
+        }));
     }
 
-    /// The session is gone: hand back what it did not get acknowledged,
-    /// update the state, and redial if messages wait.
-    fn session_ended(&mut self, end: SessionEnd, reason: UndeliveredReason) {
+    /// Lets go of the current connection without touching the session.
+    fn drop_session(&mut self) {
         let Some(session) = self.session.take() else {
             return;
         };
-        let cap = session.buf.capacity();
-        self.shared.sink.memory(-(cap as isize));
+        self.shared.sink.memory(-(session.buf.capacity() as isize));
         // Closing is idempotent: the first reason stands. This releases the
         // peer at once instead of when the last handle is dropped.
         session.handle.close(CloseCode::Normal);
         // Only this driver parks sessions of this peer, so its pool entry, if any, is this session.
         self.shared.pool.remove(&self.peer.id);
+        self.outbox.connection_lost();
+    }
+
+    /// The connection is gone. The session is not: what it had written stays
+    /// in the window, to be resent on the next connection (a redial, or the
+    /// peer's), and is handed back only if none comes in time.
+    fn session_lost(&mut self, end: SessionEnd) {
+        if self.session.is_none() {
+            return;
+        }
         match &end {
+            SessionEnd::Closed(CloseReason::Remote { code, .. })
+                if *code == CloseCode::Duplicate as u32 =>
+            {
+                self.shared.sink.connection_closed(CloseKind::Duplicate)
+            }
             SessionEnd::Closed(CloseReason::Remote { .. }) => {
                 self.shared.sink.connection_closed(CloseKind::Remote)
             }
@@ -677,27 +777,33 @@ impl Driver {
             SessionEnd::Closed(_) => self.shared.sink.connection_closed(CloseKind::Error),
             SessionEnd::Protocol(_) => self.shared.sink.connection_closed(CloseKind::Error),
         }
-        tracing::debug!(peer = %self.peer.id, ?end, "session ended");
-        let unacked: Vec<Envelope> = self
-            .unacked
-            .drain(..)
-            .flat_map(|u| u.batch.into_messages())
-            .collect();
-        self.hand_back(unacked, reason, true);
+        tracing::debug!(peer = %self.peer.id, ?end, "connection ended");
+        self.drop_session();
         let was_idle = std::mem::replace(&mut self.idle, false);
+        let duplicate = matches!(&end, SessionEnd::Closed(CloseReason::Remote { code, .. }) if *code == CloseCode::Duplicate as u32);
+        let pending = !self.outbox.is_empty() || self.batcher.pending_messages() > 0;
         if !was_idle && self.state() == ConnState::Connected {
-            self.set_state(ConnState::Failed);
-            self.shared.backoff.on_failure(self.peer.id, std_now());
+            if duplicate {
+                // The peer kept the other connection of a simultaneous dial;
+                // it arrives as inbound, and the state stays Connected unless
+                // it does not come within the connect timeout.
+                self.winner_due = Some(Instant::now() + self.shared.config.connect_timeout);
+            } else {
+                self.set_state(ConnState::Failed);
+                self.shared.backoff.on_failure(self.peer.id, std_now());
+            }
         }
-        drop(session);
-        if self.batcher.pending_messages() > 0 && self.next_redial.is_none() {
-            let at = self
-                .shared
-                .backoff
-                .retry_at(&self.peer.id)
-                .map(Instant::from_std)
-                .unwrap_or_else(Instant::now);
-            self.next_redial = Some(at);
+        if pending {
+            self.down_since.get_or_insert_with(Instant::now);
+            if self.next_redial.is_none() {
+                let at = self
+                    .shared
+                    .backoff
+                    .retry_at(&self.peer.id)
+                    .map(Instant::from_std)
+                    .unwrap_or_else(Instant::now);
+                self.next_redial = Some(at);
+            }
         }
     }
 
@@ -748,33 +854,34 @@ impl Driver {
         }
         if self.session.is_some() {
             let flushed = async {
-                self.flush_ready().await?;
-                if let Some(b) = self.batcher.flush() {
-                    self.write_batch(b).await?;
-                    self.batcher.write_complete();
+                // Everything goes out: what the batcher holds, and the window
+                // once the peer's RESUME allows the resend.
+                loop {
+                    self.flush_ready().await?;
+                    if self.outbox.may_send_new() {
+                        if let Some(b) = self.batcher.flush() {
+                            let written = self.write_new(b.into_messages()).await;
+                            self.batcher.write_complete();
+                            written?;
+                            continue;
+                        }
+                    }
+                    if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
+                        return Ok::<(), SessionEnd>(());
+                    }
+                    signalled(signals_of(&self.session)).await;
+                    self.on_signals();
+                    if self.session.is_none() {
+                        return Ok(());
+                    }
                 }
-                Ok::<(), SessionEnd>(())
             };
-            let flushed = tokio::time::timeout_at(deadline, flushed).await;
-            if let Ok(Err(end)) = flushed {
-                self.session_ended(end, UndeliveredReason::Shutdown);
-            }
-            // Wait for the acknowledgements, up to the deadline.
-            while !self.unacked.is_empty() && self.session.is_some() {
-                tokio::select! {
-                    ev = next_event(&mut self.session) => self.on_reader_event(ev).await,
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
+            if let Ok(Err(end)) = tokio::time::timeout_at(deadline, flushed).await {
+                self.session_lost(end);
             }
             // Acknowledge what the application took before the shutdown began.
-            let mut pending = Vec::new();
-            if let Some(s) = self.session.as_mut() {
-                while let Ok(ev) = s.events.try_recv() {
-                    pending.push(ev);
-                }
-            }
-            for ev in pending {
-                self.on_reader_event(Some(ev)).await;
+            if let Err(end) = self.write_ack().await {
+                self.session_lost(end);
             }
             if let Some(s) = self.session.as_mut() {
                 // Finish our direction so the peer reads our last frames (acks
@@ -798,15 +905,47 @@ impl Driver {
             if self.state() == ConnState::Connected {
                 self.set_state(ConnState::Disconnected);
             }
-            self.session_ended(
-                SessionEnd::Closed(CloseReason::EndpointClosed),
-                UndeliveredReason::Shutdown,
-            );
+            self.drop_session();
         }
+        let written = self.outbox.take_all();
+        self.hand_back(written, UndeliveredReason::Shutdown, true);
         let rest = self.drain_batcher();
         self.hand_back(rest, UndeliveredReason::Shutdown, false);
         self.next_redial = None;
     }
+}
+
+/// Encodes and seals one batch into the session's buffer. Returns the
+/// message count and the frame length.
+fn seal_batch(
+    s: &mut Session,
+    first: u64,
+    msgs: &[Envelope],
+    peer: &PeerId,
+    sink: &dyn qudag_metrics::MetricsSink,
+) -> Result<(usize, usize), SessionEnd> {
+    let seq = s.next_seq;
+    let before = s.buf.capacity();
+    s.buf.clear();
+    let spans = encode_batch_frame(seq, first, msgs, &mut s.buf);
+    let (head, rest) = s.buf.split_at_mut(spans.body.start);
+    let (body, tag) = rest.split_at_mut(spans.body.len());
+    match s.sealer.seal_in_place(seq, &head[spans.aad.clone()], body) {
+        Ok(t) => tag[..t.len()].copy_from_slice(&t),
+        Err(e) => {
+            // The sequence is exhausted (2^64 batches): a new connection gets
+            // new keys; the window is resent there.
+            tracing::warn!(%peer, error = %e, "sealing refused");
+            s.handle.close(CloseCode::Normal);
+            return Err(SessionEnd::Protocol(e.to_string()));
+        }
+    }
+    s.next_seq += 1;
+    let after = s.buf.capacity();
+    if after != before {
+        sink.memory(after as isize - before as isize);
+    }
+    Ok((msgs.len(), s.buf.len()))
 }
 
 /// Writes `bytes` to the session's stream. A peer that does not drain our
@@ -873,13 +1012,18 @@ pub(crate) fn error_kind(e: &NetError) -> ErrorKind {
 impl Shared {
     /// What a new session's reader needs; `Shutdown` once the manager has
     /// closed the application's `Incoming` stream.
-    pub(crate) fn reader_ctx(&self, peer: PeerId) -> Result<ReaderCtx, NetError> {
+    pub(crate) fn reader_ctx(
+        &self,
+        peer: PeerId,
+        recv: Arc<RecvState>,
+    ) -> Result<ReaderCtx, NetError> {
         let incoming = self.incoming_tx.lock().clone().ok_or(NetError::Shutdown)?;
         Ok(ReaderCtx {
             peer,
             limits: self.codec_limits.clone(),
             incoming,
             sink: self.sink.clone(),
+            recv,
         })
     }
 }

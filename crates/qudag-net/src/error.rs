@@ -141,14 +141,21 @@ pub enum SendManyReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum UndeliveredReason {
-    /// The connection failed (and redials, if any, did not succeed in time).
+    /// The connection failed in a way that no new connection can repair
+    /// (a batch that could not be sealed, a message the batcher refused).
     ConnectionFailed,
-    /// The peer stopped acknowledging within the ack timeout.
+    /// The peer stopped acknowledging, and no new connection made it
+    /// acknowledge within `unreachable_after`.
     Unresponsive,
     /// The manager shut down before the messages were acknowledged.
     Shutdown,
-    /// The peer refused or could not be reached while the messages waited.
+    /// The peer refused or could not be reached, for longer than
+    /// `unreachable_after` or `max_redials` dials, while the messages waited.
     Unreachable,
+    /// The peer restarted (a new incarnation): these messages were written
+    /// to its previous incarnation, which may have delivered them before it
+    /// stopped. Always `maybe_delivered`.
+    PeerRestarted,
 }
 
 impl std::fmt::Display for UndeliveredReason {
@@ -158,6 +165,7 @@ impl std::fmt::Display for UndeliveredReason {
             UndeliveredReason::Unresponsive => "peer unresponsive",
             UndeliveredReason::Shutdown => "shutdown",
             UndeliveredReason::Unreachable => "peer unreachable",
+            UndeliveredReason::PeerRestarted => "peer restarted",
         })
     }
 }

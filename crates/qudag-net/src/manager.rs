@@ -27,6 +27,8 @@ type PeerHasher = foldhash::fast::RandomState;
 /// State shared by the manager handle, the drivers and the background tasks.
 pub(crate) struct Shared {
     pub(crate) local: PeerId,
+    /// This manager's incarnation: random, fresh at each start, never 0.
+    pub(crate) incarnation: u64,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: ManagerConfig,
     /// Looked up on every send. Keyed like the pool (see `qudag_pool::Pool`):
@@ -127,25 +129,26 @@ impl Shared {
         // the peer's listening address; it is only used if no better one is known.
         let id = conn.peer();
         let addr = conn.remote_addr();
-        let ctx = match self.reader_ctx(id) {
+        // The reader delivers through the peer's receiving session state.
+        let peer = self.peer(id, Some(addr));
+        let ctx = match self.reader_ctx(id, peer.recv.clone()) {
             Ok(ctx) => ctx,
             Err(_) => {
                 conn.close(CloseCode::Shutdown as u32, CloseCode::Shutdown.reason());
                 return;
             }
         };
-        // Set the session up in its own task, bounded by the connect timeout,
-        // and hand the driver only a session that works.
+        // Set the connection up in its own task, bounded by the connect
+        // timeout, and hand the driver only a connection that works.
         let shared = self.clone();
         tokio::spawn(async move {
             let setup = tokio::time::timeout(
                 shared.config.connect_timeout,
-                session::establish(conn.clone(), slot, ctx),
+                session::establish(conn.clone(), shared.local, slot, ctx),
             )
             .await;
             match setup {
                 Ok(Ok(session)) => {
-                    let peer = shared.peer(id, Some(addr));
                     if let Err(e) = peer.ctl.send(Ctl::Inbound(session)) {
                         // The driver retired meanwhile: close what it will not take.
                         if let Ctl::Inbound(session) = e.0 {
@@ -246,6 +249,7 @@ impl ConnectionManager {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             local: transport.local_peer(),
+            incarnation: new_incarnation(),
             pool: Pool::new(&config.pool),
             limiter: Limiter::new(&config.pool),
             backoff: Backoff::new(config.backoff.clone()),
@@ -608,6 +612,20 @@ impl ConnectionManager {
             peers_closed: closed,
         }
     }
+}
+
+/// A random incarnation id, never 0 (0 means "none" on the wire).
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // The standard library seeds `RandomState` from the OS's random source;
+    // mixing in the time keeps two managers of one process apart too.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().max(1)
 }
 
 async fn accept_loop(shared: Arc<Shared>) {

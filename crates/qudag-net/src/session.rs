@@ -1,11 +1,14 @@
-//! One authenticated, keyed session on a transport connection: set-up, and
-//! the reader task that opens, decodes and delivers batches.
+//! One authenticated, keyed connection of a peer session: set-up, and the
+//! reader task that opens, decodes, deduplicates and delivers batches.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use qudag_batch::{decode_body, CodecLimits, DecodeError, Frame, FrameDecoder};
+use qudag_batch::{
+    decode_body, CodecLimits, DecodeError, Frame, FrameDecoder, Inbox, InboxPlan, Resume,
+};
 use qudag_crypto::{
     default_sealer, OpenError, PeerId, Sealer, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER,
     LABEL_LISTENER_TO_DIALER,
@@ -14,7 +17,7 @@ use qudag_metrics::{ErrorKind, MetricsSink};
 use qudag_pool::{ConnectionSlot, Poolable};
 use qudag_transport::{CloseReason, Connection, RecvStream, SendStream, Side};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::NetError;
 
@@ -97,26 +100,86 @@ pub(crate) struct Delivery {
 /// away with the batch unread), the batch is never acknowledged and its
 /// sender hands it back as maybe delivered.
 pub(crate) struct Receipt {
-    next_seq: u64,
-    to_driver: mpsc::UnboundedSender<ReaderEvent>,
+    recv: Arc<RecvState>,
+    /// The sender incarnation the messages came from.
+    incarnation: u64,
+    /// Every message of that incarnation below this number is now taken.
+    end: u64,
 }
 
 impl Receipt {
     pub(crate) fn delivered(self) {
-        // The session may have ended meanwhile; its sender then hands the batch back.
-        let _ = self.to_driver.send(ReaderEvent::Delivered(self.next_seq));
+        let mut taken = self.recv.taken.lock();
+        if taken.incarnation == self.incarnation && self.end > taken.next {
+            taken.next = self.end;
+            drop(taken);
+            // The driver acknowledges on whatever connection is current.
+            self.recv.wake.notify_one();
+        }
     }
 }
 
-/// What the reader tells the peer's driver.
-#[derive(Debug)]
-pub(crate) enum ReaderEvent {
-    /// Batches with seq < n were taken by the application: acknowledge them.
-    Delivered(u64),
-    /// The peer acknowledged our batches with seq < n.
-    Acked(u64),
-    /// The session ended.
-    Ended(SessionEnd),
+/// What the application took from one sender incarnation: the ACK and the
+/// RESUME frames report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) incarnation: u64,
+    pub(crate) next: u64,
+}
+
+/// The receiving half of a peer's session, shared by the readers of all its
+/// connections (a replaced connection may still be read while the new one
+/// starts) and kept as long as the peer's entry.
+pub(crate) struct RecvState {
+    /// Deduplication; locked across the hand-off to `Incoming`, so that
+    /// batches of one peer are delivered one at a time and in order, and a
+    /// cancelled hand-off commits nothing.
+    inbox: tokio::sync::Mutex<Inbox>,
+    pub(crate) taken: Mutex<Taken>,
+    /// Wakes the driver: the application took messages to acknowledge.
+    pub(crate) wake: Notify,
+}
+
+impl RecvState {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(RecvState {
+            inbox: tokio::sync::Mutex::new(Inbox::new()),
+            taken: Mutex::new(Taken::default()),
+            wake: Notify::new(),
+        })
+    }
+}
+
+/// What a connection's reader tells the peer's driver. Published, not
+/// queued: however many frames the peer sends, this holds O(1) state, and
+/// one `Notify` permit wakes the driver.
+#[derive(Default)]
+pub(crate) struct Signals {
+    /// The peer's RESUME on this connection, until the driver takes it.
+    resume: Mutex<Option<Resume>>,
+    /// The highest ACK the peer sent on this connection.
+    acked: AtomicU64,
+    /// Why the connection ended, once it did.
+    ended: Mutex<Option<SessionEnd>>,
+    notify: Notify,
+}
+
+impl Signals {
+    pub(crate) async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    pub(crate) fn take_resume(&self) -> Option<Resume> {
+        self.resume.lock().take()
+    }
+
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_ended(&self) -> Option<SessionEnd> {
+        self.ended.lock().take()
+    }
 }
 
 /// Why a session ended.
@@ -128,13 +191,23 @@ pub(crate) enum SessionEnd {
     Protocol(#[allow(dead_code, reason = "read through Debug in logs")] String),
 }
 
-/// The writer side of a live session, owned by the peer's driver.
+/// The writer side of a live connection, owned by the peer's driver.
 pub(crate) struct Session {
     pub(crate) handle: Arc<SessionHandle>,
     pub(crate) writer: SendStream,
     pub(crate) sealer: Box<dyn Sealer>,
+    /// The next batch sequence number (the nonce) on this connection.
+    pub(crate) next_seq: u64,
     pub(crate) buf: BytesMut,
-    pub(crate) events: mpsc::UnboundedReceiver<ReaderEvent>,
+    pub(crate) signals: Arc<Signals>,
+    /// Our RESUME is the first frame on our direction; written yet?
+    pub(crate) resume_written: bool,
+    /// The highest acknowledgement (ours, of the peer's messages) written here.
+    pub(crate) ack_written: u64,
+    /// The highest acknowledgement of ours the peer sent here, processed.
+    pub(crate) ack_seen: u64,
+    /// When the driver took it on: the peer's RESUME is due by then + ack timeout.
+    pub(crate) adopted_at: tokio::time::Instant,
     pub(crate) reader: tokio::task::JoinHandle<()>,
 }
 
@@ -150,11 +223,21 @@ pub(crate) struct ReaderCtx {
     pub(crate) limits: CodecLimits,
     pub(crate) incoming: mpsc::Sender<Delivery>,
     pub(crate) sink: Arc<dyn MetricsSink>,
+    pub(crate) recv: Arc<RecvState>,
 }
 
-fn key(conn: &dyn Connection, label: &[u8]) -> Result<SessionKey, NetError> {
+/// Derives this connection's direction key: the exporter context binds it to
+/// both identities, dialer first (docs/PROTOCOL.md §8).
+fn key(conn: &dyn Connection, local: &PeerId, label: &[u8]) -> Result<SessionKey, NetError> {
+    let (dialer, listener) = match conn.side() {
+        Side::Dialer => (*local, conn.peer()),
+        Side::Listener => (conn.peer(), *local),
+    };
+    let mut context = [0u8; 64];
+    context[..32].copy_from_slice(dialer.as_bytes());
+    context[32..].copy_from_slice(listener.as_bytes());
     let mut bytes = [0u8; KEY_LEN];
-    conn.export_keying_material(&mut bytes, label, b"")?;
+    conn.export_keying_material(&mut bytes, label, &context)?;
     let key = SessionKey::from_bytes(bytes);
     zeroize_array(&mut bytes);
     Ok(key)
@@ -168,6 +251,7 @@ fn zeroize_array(bytes: &mut [u8; KEY_LEN]) {
 /// Derives the two direction keys, opens the stream pair and starts the reader.
 pub(crate) async fn establish(
     conn: Arc<dyn Connection>,
+    local: PeerId,
     slot: ConnectionSlot,
     ctx: ReaderCtx,
 ) -> Result<Session, NetError> {
@@ -175,11 +259,11 @@ pub(crate) async fn establish(
         Side::Dialer => (LABEL_DIALER_TO_LISTENER, LABEL_LISTENER_TO_DIALER),
         Side::Listener => (LABEL_LISTENER_TO_DIALER, LABEL_DIALER_TO_LISTENER),
     };
-    let sealer = default_sealer(key(&*conn, send_label)?);
-    let opener = default_sealer(key(&*conn, recv_label)?);
+    let sealer = default_sealer(key(&*conn, &local, send_label)?);
+    let opener = default_sealer(key(&*conn, &local, recv_label)?);
     let (writer, reader) = conn.open_stream().await?;
-    let (tx, events) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(read_loop(reader, opener, conn.clone(), ctx, tx));
+    let signals = Arc::new(Signals::default());
+    let reader = tokio::spawn(read_loop(reader, opener, conn.clone(), ctx, signals.clone()));
     Ok(Session {
         handle: Arc::new(SessionHandle {
             conn,
@@ -187,8 +271,13 @@ pub(crate) async fn establish(
         }),
         writer,
         sealer,
+        next_seq: 0,
         buf: BytesMut::new(),
-        events,
+        signals,
+        resume_written: false,
+        ack_written: 0,
+        ack_seen: 0,
+        adopted_at: tokio::time::Instant::now(),
         reader,
     })
 }
@@ -203,9 +292,9 @@ async fn read_loop(
     mut opener: Box<dyn Sealer>,
     conn: Arc<dyn Connection>,
     ctx: ReaderCtx,
-    tx: mpsc::UnboundedSender<ReaderEvent>,
+    signals: Arc<Signals>,
 ) {
-    let end = match read_frames(&mut stream, &mut *opener, &*conn, &ctx, &tx).await {
+    let end = match read_frames(&mut stream, &mut *opener, &*conn, &ctx, &signals).await {
         Ok(()) => SessionEnd::Closed(
             conn.close_reason()
                 .unwrap_or_else(|| CloseReason::Lost("stream ended".into())),
@@ -222,7 +311,8 @@ async fn read_loop(
         }
         Err(ReadFailure::AppGone) => SessionEnd::Closed(CloseReason::EndpointClosed),
     };
-    let _ = tx.send(ReaderEvent::Ended(end));
+    *signals.ended.lock() = Some(end);
+    signals.notify.notify_one();
 }
 
 enum ReadFailure {
@@ -243,12 +333,16 @@ fn decode_error(e: DecodeError) -> ReadFailure {
     ReadFailure::Protocol(ErrorKind::Decode, e.to_string())
 }
 
+fn sequence_error(detail: &str) -> ReadFailure {
+    ReadFailure::Protocol(ErrorKind::Sequence, detail.to_string())
+}
+
 async fn read_frames(
     stream: &mut RecvStream,
     opener: &mut dyn Sealer,
     conn: &dyn Connection,
     ctx: &ReaderCtx,
-    tx: &mpsc::UnboundedSender<ReaderEvent>,
+    signals: &Signals,
 ) -> Result<(), ReadFailure> {
     let mut decoder = FrameDecoder::new(ctx.limits.clone());
     // Reads start small and double while they fill what was offered, so an
@@ -257,45 +351,96 @@ async fn read_frames(
     let mut buf = BytesMut::with_capacity(chunk);
     // Accounts the buffer's capacity in `memory` and gives it back however the reader ends.
     let mut held = Held::new(ctx.sink.clone(), buf.capacity());
+    // The peer's incarnation, from its RESUME: the first frame it sends.
+    let mut incarnation = None;
+    let mut last_ack = 0;
     loop {
         while let Some(frame) = decoder.decode(&mut buf).map_err(decode_error)? {
             match frame {
+                Frame::Resume(r) => {
+                    if incarnation.is_some() {
+                        return Err(sequence_error("a second RESUME frame"));
+                    }
+                    if r.incarnation == 0 {
+                        return Err(sequence_error("RESUME with incarnation 0"));
+                    }
+                    incarnation = Some(r.incarnation);
+                    if ctx.recv.inbox.lock().await.on_resume(r.incarnation) {
+                        // A new incarnation of the peer (or first contact).
+                        *ctx.recv.taken.lock() = Taken {
+                            incarnation: r.incarnation,
+                            next: 0,
+                        };
+                    }
+                    *signals.resume.lock() = Some(r);
+                    signals.notify.notify_one();
+                }
+                Frame::Ack { next } => {
+                    if incarnation.is_none() {
+                        return Err(sequence_error("an ACK frame before RESUME"));
+                    }
+                    if next < last_ack {
+                        return Err(sequence_error("an acknowledgement that goes backwards"));
+                    }
+                    if next > last_ack {
+                        last_ack = next;
+                        signals.acked.store(next, Ordering::Release);
+                        signals.notify.notify_one();
+                    }
+                }
                 Frame::Batch(mut sealed) => {
+                    let Some(inc) = incarnation else {
+                        return Err(sequence_error("a BATCH frame before RESUME"));
+                    };
                     let seq = sealed.seq();
+                    let first = sealed.first();
                     let (aad, body, tag) = sealed.parts_mut();
                     opener
                         .open_in_place(seq, aad, body, tag)
                         .map_err(open_error)?;
                     let wire = sealed.frame_len();
-                    let messages =
+                    let mut messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;
-                    ctx.sink.batch_received(messages.len(), wire);
+                    let count = messages.len();
+                    if first.checked_add(count as u64).is_none() {
+                        return Err(sequence_error("message numbers overflow"));
+                    }
+                    ctx.sink.batch_received(count, wire);
+                    let mut inbox = ctx.recv.inbox.lock().await;
+                    let skip = match inbox.plan(inc, first, count) {
+                        InboxPlan::Deliver { skip } => skip,
+                        // Resent on this connection after another one
+                        // delivered it, or from a peer that restarted since.
+                        InboxPlan::Duplicate | InboxPlan::Stale => continue,
+                    };
+                    if skip > 0 {
+                        messages.drain(..skip);
+                    }
+                    if messages.is_empty() {
+                        inbox.commit(inc, first, count);
+                        continue;
+                    }
                     let mut bytes = 0;
                     for m in &messages {
                         bytes += m.len();
                         ctx.sink.message_received(m.len());
                     }
-                    let receipt = Receipt {
-                        next_seq: seq + 1,
-                        to_driver: tx.clone(),
-                    };
-                    if messages.is_empty() {
-                        receipt.delivered();
-                        continue;
-                    }
                     ctx.sink.memory(bytes as isize);
                     let delivery = Delivery {
                         peer: ctx.peer,
                         messages,
-                        receipt,
+                        receipt: Receipt {
+                            recv: ctx.recv.clone(),
+                            incarnation: inc,
+                            end: first + count as u64,
+                        },
                     };
+                    // Holding the inbox: the peer's batches go out one at a time, in order.
                     if ctx.incoming.send(delivery).await.is_err() {
                         ctx.sink.memory(-(bytes as isize));
                         return Err(ReadFailure::AppGone);
                     }
-                }
-                Frame::Ack { next_seq } => {
-                    let _ = tx.send(ReaderEvent::Acked(next_seq));
+                    inbox.commit(inc, first, count);
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use qudag_batch::encode_batch_frame;
+use qudag_batch::{encode_batch_frame, encode_resume_frame, Resume};
 use qudag_crypto::{RingSealer, Sealer, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER};
 use qudag_metrics::ErrorKind;
 use qudag_net::Incoming;
@@ -39,10 +39,26 @@ struct Attacker {
 async fn attacker(net: &MemoryNetwork, name: &str, victim: PeerAddr) -> Attacker {
     let t = net.bind(PeerId::from_public_key(name.as_bytes()));
     let conn = t.dial(&victim).await.expect("attacker dials");
-    let (writer, reader) = conn.open_stream().await.expect("stream");
+    let (mut writer, reader) = conn.open_stream().await.expect("stream");
     let mut key = [0u8; KEY_LEN];
-    conn.export_keying_material(&mut key, LABEL_DIALER_TO_LISTENER, b"")
+    // The exporter context: the dialer's PeerId, then the listener's.
+    let mut context = [0u8; 64];
+    context[..32].copy_from_slice(t.local_peer().as_bytes());
+    context[32..].copy_from_slice(victim.peer.as_bytes());
+    conn.export_keying_material(&mut key, LABEL_DIALER_TO_LISTENER, &context)
         .expect("export");
+    // A session starts with a RESUME frame; the attacks follow it.
+    let mut resume = BytesMut::new();
+    let incarnation = u64::from_be_bytes(name.as_bytes()[..8].try_into().unwrap_or([1; 8]));
+    encode_resume_frame(
+        &Resume {
+            incarnation: incarnation.max(1),
+            known: 0,
+            next: 0,
+        },
+        &mut resume,
+    );
+    writer.write_all(&resume).await.expect("resume");
     Attacker {
         _transport: t,
         conn,
@@ -56,7 +72,7 @@ impl Attacker {
     /// A genuine sealed BATCH frame with sequence number `seq`.
     fn frame(&mut self, seq: u64, messages: &[&[u8]]) -> BytesMut {
         let mut out = BytesMut::new();
-        let spans = encode_batch_frame(seq, messages, &mut out);
+        let spans = encode_batch_frame(seq, seq, messages, &mut out);
         let (head, rest) = out.split_at_mut(spans.body.start);
         let (body, tag) = rest.split_at_mut(spans.body.len());
         let t = self
@@ -153,7 +169,7 @@ async fn attack(a: &mut Attacker, case: &str) {
         "sealed garbage body" => {
             // Authenticates, but the body claims 1000 messages and holds none.
             let mut out = BytesMut::new();
-            let spans = encode_batch_frame(0, &[] as &[&[u8]], &mut out);
+            let spans = encode_batch_frame(0, 0, &[] as &[&[u8]], &mut out);
             out[spans.body.start..spans.body.start + 4].copy_from_slice(&1000u32.to_be_bytes());
             let (head, rest) = out.split_at_mut(spans.body.start);
             let (body, tag) = rest.split_at_mut(spans.body.len());

@@ -381,7 +381,15 @@ async fn unresponsive_peer_is_closed_and_messages_handed_back() {
         }
         tokio::task::yield_now().await;
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The ack timeout (2 s) closes each connection that acknowledges nothing,
+    // and the session goes on over a redial: nothing comes back before
+    // `unreachable_after` (10 s) has passed without progress.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let early: Vec<_> = std::iter::from_fn(|| a.events.try_recv())
+        .filter(|ev| matches!(ev, Event::Undelivered { .. }))
+        .collect();
+    assert!(early.is_empty(), "handed back too early: {early:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let mut unresponsive = false;
     let mut back = 0u64;
     while let Some(ev) = a.events.try_recv() {

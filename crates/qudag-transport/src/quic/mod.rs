@@ -6,7 +6,7 @@
 //! and refuse a listener whose `PeerId` is not the one dialed
 //! ([`TransportError::PeerIdMismatch`]) or, with an allow-list, a dialer not on
 //! it ([`TransportError::Refused`] on the dialer; the listener's `accept`
-//! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/1`). Only TLS
+//! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/2`). Only TLS
 //! 1.3, no session resumption, no 0-RTT: every connection runs a full
 //! handshake, so its exported keys are fresh.
 //!
@@ -104,7 +104,7 @@ use crate::{
 use tls::{AllowList, DialVerifier, ListenVerifier, LocalCert, MismatchSlot};
 
 /// The ALPN protocol id: the protocol name and its version.
-pub const ALPN: &[u8] = b"qudag/1";
+pub const ALPN: &[u8] = b"qudag/2";
 /// The byte the listener sends on its acceptance stream.
 pub const ACCEPT_BYTE: u8 = 0x41;
 /// The byte the dialer writes first on the batch stream.
@@ -316,7 +316,7 @@ impl QuicTransport {
     }
 }
 
-/// The endpoint's client TLS settings: TLS 1.3 only, ALPN `qudag/1`, the
+/// The endpoint's client TLS settings: TLS 1.3 only, ALPN `qudag/2`, the
 /// identity certificate, no resumption, SNI or early data. Each dial clones
 /// it and sets its own [`DialVerifier`].
 fn client_tls(local: &LocalCert) -> Result<rustls::ClientConfig, TransportError> {
