@@ -99,7 +99,7 @@ fn codec(c: &mut Criterion) {
     let msgs = messages();
     let payload: Vec<u8> = msgs.iter().flat_map(|m| m.iter().copied()).collect();
     let mut wire = BytesMut::new();
-    let spans = encode_batch_frame(0, &msgs, &mut wire);
+    let spans = encode_batch_frame(0, 0, &msgs, &mut wire);
     let body = wire.freeze().slice(spans.body);
     let limits = CodecLimits::default();
 
@@ -112,7 +112,7 @@ fn codec(c: &mut Criterion) {
     group.bench_function("encode_batch_frame", |b| {
         b.iter(|| {
             out.clear();
-            black_box(encode_batch_frame(1, black_box(&msgs), &mut out));
+            black_box(encode_batch_frame(1, 0, black_box(&msgs), &mut out));
         })
     });
     group.bench_function("baseline_memcpy", |b| {

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = decode_body(batch.into_body(), &limits);
                 }
                 Ok(Some(Frame::Ack { .. })) => assert_eq!(before - buf.len(), 13),
+                Ok(Some(Frame::Resume(_))) => assert_eq!(before - buf.len(), 29),
                 Ok(None) => break,
                 Err(_) => {
                     assert_eq!(buf.len(), before);
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(messages) = decode_body(Bytes::copy_from_slice(data), &limits) {
             let mut out = BytesMut::new();
-            let spans = encode_batch_frame(0, &messages, &mut out);
+            let spans = encode_batch_frame(0, 0, &messages, &mut out);
             assert_eq!(&out[spans.body], data);
         }
     }

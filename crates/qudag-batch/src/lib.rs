@@ -81,8 +81,8 @@ pub use codec::{
     SealedBatch, ACK_FRAME_LEN, BATCH_HEADER_LEN, FRAME_OVERHEAD, KIND_ACK, KIND_BATCH,
     KIND_RESUME, RESUME_FRAME_LEN, TAG_LEN,
 };
-pub use session::{AckError, Inbox, InboxPlan, Outbox, ResumeOutcome};
 pub use config::{
     BatchConfig, ConfigError, FlushPolicy, DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY,
     DEFAULT_MAX_MESSAGES, MAX_MAX_BYTES, MIN_MAX_BYTES,
 };
+pub use session::{AckError, Inbox, InboxPlan, Outbox, ResumeOutcome};

@@ -76,10 +76,7 @@ fn golden_ack_frame() {
         &out[..],
         &[0, 0, 0, 9, 2, 255, 255, 255, 255, 255, 255, 255, 254]
     );
-    check_frame(
-        &out,
-        Ok(Some(Frame::Ack { next: u64::MAX - 1 })),
-    );
+    check_frame(&out, Ok(Some(Frame::Ack { next: u64::MAX - 1 })));
 }
 
 #[test]
@@ -303,7 +300,12 @@ enum Wire {
 
 fn wire_frame() -> impl Strategy<Value = Wire> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), messages(), any::<[u8; TAG_LEN]>())
+        (
+            any::<u64>(),
+            any::<u64>(),
+            messages(),
+            any::<[u8; TAG_LEN]>()
+        )
             .prop_map(|(s, f, m, t)| Wire::Batch(s, f, m, t)),
         any::<u64>().prop_map(Wire::Ack),
         any::<(u64, u64, u64)>().prop_map(|(incarnation, known, next)| Wire::Resume(Resume {

@@ -278,7 +278,10 @@ fn check_common(w: &World) {
     }
     let delivered: std::collections::HashSet<u64> = w.delivered.iter().map(|&(_, id)| id).collect();
     for id in &w.acked {
-        assert!(delivered.contains(id), "id {id} acknowledged, never delivered");
+        assert!(
+            delivered.contains(id),
+            "id {id} acknowledged, never delivered"
+        );
     }
     let acked: std::collections::HashSet<u64> = w.acked.iter().copied().collect();
     for id in &w.handed_back {
@@ -408,7 +411,10 @@ fn a_restarted_peer_gets_back_only_what_it_never_saw() {
     assert_eq!(outcome.handed_back, [3]);
     assert!(out.may_send_new());
     let (first, _) = out.send(vec![4], now);
-    assert_eq!(first, 3, "numbers go on; the new incarnation takes the skip");
+    assert_eq!(
+        first, 3,
+        "numbers go on; the new incarnation takes the skip"
+    );
     // Its acknowledgements count from what is left.
     assert_eq!(out.ack(4, |_| {}), Ok(1));
 }

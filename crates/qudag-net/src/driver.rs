@@ -614,7 +614,10 @@ impl Driver {
     }
 
     async fn write_new(&mut self, msgs: Vec<Envelope>) -> Result<(), SessionEnd> {
-        let s = self.session.as_mut().expect("may_send_new implies a session");
+        let s = self
+            .session
+            .as_mut()
+            .expect("may_send_new implies a session");
         let (first, msgs) = self.outbox.send(msgs, std_now());
         let (n, wire) = seal_batch(s, first, msgs, &self.peer.id, &*self.shared.sink)?;
         self.write_frame().await?;
@@ -770,7 +773,7 @@ impl Driver {
             {
                 self.shared.sink.connection_closed(CloseKind::Duplicate)
             }
-            SessionEnd::Closed(CloseReason::Remote { .. }) => {
+            SessionEnd::Closed(CloseReason::Remote { .. }) | SessionEnd::Finished => {
                 self.shared.sink.connection_closed(CloseKind::Remote)
             }
             SessionEnd::Closed(CloseReason::Local { .. }) => {}
@@ -780,10 +783,27 @@ impl Driver {
         tracing::debug!(peer = %self.peer.id, ?end, "connection ended");
         self.drop_session();
         let was_idle = std::mem::replace(&mut self.idle, false);
-        let duplicate = matches!(&end, SessionEnd::Closed(CloseReason::Remote { code, .. }) if *code == CloseCode::Duplicate as u32);
+        let remote_code = match &end {
+            SessionEnd::Closed(CloseReason::Remote { code, .. }) => Some(*code),
+            _ => None,
+        };
+        let duplicate = remote_code == Some(CloseCode::Duplicate as u32);
+        // The peer closed on purpose (shut down, expired or evicted an idle
+        // connection): a disconnect, not a failure.
+        let orderly = [
+            CloseCode::Normal,
+            CloseCode::Shutdown,
+            CloseCode::Expired,
+            CloseCode::Evicted,
+        ]
+        .iter()
+        .any(|c| remote_code == Some(*c as u32))
+            || matches!(end, SessionEnd::Finished);
         let pending = !self.outbox.is_empty() || self.batcher.pending_messages() > 0;
         if !was_idle && self.state() == ConnState::Connected {
-            if duplicate {
+            if orderly {
+                self.set_state(ConnState::Disconnected);
+            } else if duplicate {
                 // The peer kept the other connection of a simultaneous dial;
                 // it arrives as inbound, and the state stays Connected unless
                 // it does not come within the connect timeout.

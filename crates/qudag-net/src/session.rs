@@ -187,6 +187,8 @@ impl Signals {
 pub(crate) enum SessionEnd {
     /// The connection closed (either side, or lost).
     Closed(CloseReason),
+    /// The peer finished its stream (an orderly end: it shuts down).
+    Finished,
     /// The peer violated the protocol; we closed the connection.
     Protocol(#[allow(dead_code, reason = "read through Debug in logs")] String),
 }
@@ -263,7 +265,13 @@ pub(crate) async fn establish(
     let opener = default_sealer(key(&*conn, &local, recv_label)?);
     let (writer, reader) = conn.open_stream().await?;
     let signals = Arc::new(Signals::default());
-    let reader = tokio::spawn(read_loop(reader, opener, conn.clone(), ctx, signals.clone()));
+    let reader = tokio::spawn(read_loop(
+        reader,
+        opener,
+        conn.clone(),
+        ctx,
+        signals.clone(),
+    ));
     Ok(Session {
         handle: Arc::new(SessionHandle {
             conn,
@@ -295,10 +303,10 @@ async fn read_loop(
     signals: Arc<Signals>,
 ) {
     let end = match read_frames(&mut stream, &mut *opener, &*conn, &ctx, &signals).await {
-        Ok(()) => SessionEnd::Closed(
-            conn.close_reason()
-                .unwrap_or_else(|| CloseReason::Lost("stream ended".into())),
-        ),
+        // The peer finished its stream at a frame boundary: it is shutting down.
+        Ok(()) => conn
+            .close_reason()
+            .map_or(SessionEnd::Finished, SessionEnd::Closed),
         Err(ReadFailure::Closed) => SessionEnd::Closed(
             conn.close_reason()
                 .unwrap_or_else(|| CloseReason::Lost("stream failed".into())),

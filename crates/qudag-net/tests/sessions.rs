@@ -41,7 +41,11 @@ async fn dial_each_other(mut a: Node, mut b: Node) -> (HandedBack, HandedBack) {
     );
     for got in [&got_a, &got_b] {
         let ids: Vec<u32> = got.iter().map(|m| index(m)).collect();
-        assert_eq!(ids, (0..N).collect::<Vec<_>>(), "each message once, in order");
+        assert_eq!(
+            ids,
+            (0..N).collect::<Vec<_>>(),
+            "each message once, in order"
+        );
     }
     tokio::join!(
         a.mgr.shutdown(Duration::from_secs(10)),
