@@ -588,7 +588,9 @@ impl Driver {
             s.resume_written = true;
             s.ack_written = taken.next;
             let limit = self.shared.config.ack_timeout;
+            s.writing = true;
             write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await?;
+            s.writing = false;
         }
         self.write_ack().await?;
         loop {
@@ -629,8 +631,10 @@ impl Driver {
     async fn write_frame(&mut self) -> Result<(), SessionEnd> {
         let limit = self.shared.config.ack_timeout;
         let s = self.session.as_mut().expect("a frame was sealed on it");
+        s.writing = true;
         let written =
             write_bounded(&mut s.writer, &s.buf, &s.handle, limit, &*self.shared.sink).await;
+        s.writing = false;
         if s.buf.capacity() > MAX_IDLE_WRITE_BUF {
             // A burst of large batches grew it: do not keep that per connection.
             self.shared.sink.memory(-(s.buf.capacity() as isize));
@@ -653,7 +657,10 @@ impl Driver {
         let mut frame = bytes::BytesMut::with_capacity(qudag_batch::ACK_FRAME_LEN);
         encode_ack_frame(next, &mut frame);
         let limit = self.shared.config.ack_timeout;
-        write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await
+        s.writing = true;
+        write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await?;
+        s.writing = false;
+        Ok(())
     }
 
     // -- reading ----------------------------------------------------------
@@ -872,38 +879,63 @@ impl Driver {
         while let Some(env) = self.rx.recv().await {
             self.take(env);
         }
-        if self.session.is_some() {
-            let flushed = async {
-                // Everything goes out: what the batcher holds, and the window
-                // once the peer's RESUME allows the resend.
-                loop {
-                    self.flush_ready().await?;
-                    if self.outbox.may_send_new() {
-                        if let Some(b) = self.batcher.flush() {
-                            let written = self.write_new(b.into_messages()).await;
-                            self.batcher.write_complete();
-                            written?;
-                            continue;
-                        }
-                    }
-                    if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
+        let flushed = async {
+            // Everything goes out: what the batcher holds, and the window
+            // once the peer's RESUME allows the resend. A connection that
+            // replaces the current one meanwhile (a simultaneous dial's
+            // winner) carries on.
+            loop {
+                if self.session.is_none() {
+                    let waiting = !self.outbox.is_empty() || self.batcher.pending_messages() > 0;
+                    if self.winner_due.is_none() || !waiting {
                         return Ok::<(), SessionEnd>(());
                     }
-                    signalled(signals_of(&self.session)).await;
-                    self.on_signals();
-                    if self.session.is_none() {
-                        return Ok(());
+                    match self.ctl.recv().await {
+                        Some(Ctl::Inbound(session)) => self.inbound(session),
+                        Some(_) => {}
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+                self.flush_ready().await?;
+                if self.outbox.may_send_new() {
+                    if let Some(b) = self.batcher.flush() {
+                        let written = self.write_new(b.into_messages()).await;
+                        self.batcher.write_complete();
+                        written?;
+                        continue;
                     }
                 }
-            };
-            if let Ok(Err(end)) = tokio::time::timeout_at(deadline, flushed).await {
-                self.session_lost(end);
+                if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
+                    return Ok(());
+                }
+                // The peer's frames, the application taking messages (their
+                // ACK goes out at the top of the loop), or a replacement.
+                tokio::select! {
+                    () = signalled(signals_of(&self.session)) => self.on_signals(),
+                    () = self.peer.recv.wake.notified() => {}
+                    ctl = self.ctl.recv() => {
+                        if let Some(Ctl::Inbound(session)) = ctl {
+                            self.inbound(session);
+                        }
+                    }
+                }
             }
-            // Acknowledge what the application took before the shutdown began.
-            if let Err(end) = self.write_ack().await {
-                self.session_lost(end);
+        };
+        if let Ok(Err(end)) = tokio::time::timeout_at(deadline, flushed).await {
+            self.session_lost(end);
+        }
+        if self.session.is_some() {
+            // A write cut off by the deadline left part of a frame on the
+            // stream: nothing more may follow it, so close at once.
+            let cut_off = self.session.as_ref().is_some_and(|s| s.writing);
+            if !cut_off {
+                // Acknowledge what the application took, within the deadline.
+                if let Ok(Err(end)) = tokio::time::timeout_at(deadline, self.write_ack()).await {
+                    self.session_lost(end);
+                }
             }
-            if let Some(s) = self.session.as_mut() {
+            if let Some(s) = self.session.as_mut().filter(|s| !s.writing) {
                 // Finish our direction so the peer reads our last frames (acks
                 // included) to the end, then give it until the deadline, at
                 // most SHUTDOWN_LINGER, to close the connection itself; a close
@@ -921,6 +953,9 @@ impl Driver {
                 // Stop the reader and wait until it has let go of its buffers.
                 s.reader.abort();
                 let _ = (&mut s.reader).await;
+            } else if let Some(s) = &self.session {
+                s.handle.close(CloseCode::Shutdown);
+                self.shared.sink.connection_closed(CloseKind::Shutdown);
             }
             if self.state() == ConnState::Connected {
                 self.set_state(ConnState::Disconnected);

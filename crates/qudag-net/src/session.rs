@@ -208,6 +208,8 @@ pub(crate) struct Session {
     pub(crate) ack_written: u64,
     /// The highest acknowledgement of ours the peer sent here, processed.
     pub(crate) ack_seen: u64,
+    /// A write is under way (or was cut off mid-frame by a cancelled future).
+    pub(crate) writing: bool,
     /// When the driver took it on: the peer's RESUME is due by then + ack timeout.
     pub(crate) adopted_at: tokio::time::Instant,
     pub(crate) reader: tokio::task::JoinHandle<()>,
@@ -285,6 +287,7 @@ pub(crate) async fn establish(
         resume_written: false,
         ack_written: 0,
         ack_seen: 0,
+        writing: false,
         adopted_at: tokio::time::Instant::now(),
         reader,
     })
