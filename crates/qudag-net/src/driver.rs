@@ -164,16 +164,7 @@ impl Driver {
             } else {
                 None
             };
-            let ack_timeout = self.shared.config.ack_timeout;
-            // The peer owes an ACK, or its RESUME on a new connection.
-            let ack_deadline = self
-                .outbox
-                .ack_deadline(ack_timeout)
-                .map(Instant::from_std)
-                .or_else(|| {
-                    let s = self.session.as_ref()?;
-                    (!self.outbox.synced()).then(|| s.adopted_at + ack_timeout)
-                });
+            let ack_deadline = self.ack_due();
             let give_up_at = self
                 .down_since
                 .map(|t| t + self.shared.config.unreachable_after);
@@ -728,16 +719,20 @@ impl Driver {
         }
     }
 
-    fn unresponsive(&mut self) {
+    /// When the peer owes an ACK, or its RESUME on a new connection.
+    fn ack_due(&self) -> Option<Instant> {
         let ack_timeout = self.shared.config.ack_timeout;
-        let due = self
-            .outbox
+        self.outbox
             .ack_deadline(ack_timeout)
             .map(Instant::from_std)
             .or_else(|| {
                 let s = self.session.as_ref()?;
                 (!self.outbox.synced()).then(|| s.adopted_at + ack_timeout)
-            });
+            })
+    }
+
+    fn unresponsive(&mut self) {
+        let due = self.ack_due();
         if due.is_none_or(|t| Instant::now() < t) {
             return;
         }
