@@ -289,6 +289,21 @@ fn check_common(w: &World) {
     }
 }
 
+/// Connects, applies `ops`, heals and settles, and checks what holds in every run.
+fn run(ops: Vec<Op>) -> World {
+    let mut w = World::new();
+    w.apply(Op::Reconnect {
+        listener_first: true,
+    })
+    .unwrap();
+    for op in ops {
+        w.apply(op).unwrap();
+    }
+    w.settle().unwrap();
+    check_common(&w);
+    w
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -296,13 +311,7 @@ proptest! {
     /// delivered exactly once, in order, and nothing is handed back.
     #[test]
     fn exactly_once_in_order_across_connections(ops in prop::collection::vec(op(false), 0..200)) {
-        let mut w = World::new();
-        w.apply(Op::Reconnect { listener_first: true }).unwrap();
-        for op in ops {
-            w.apply(op).unwrap();
-        }
-        w.settle().unwrap();
-        check_common(&w);
+        let w = run(ops);
         let ids: Vec<u64> = w.delivered.iter().map(|&(_, id)| id).collect();
         prop_assert_eq!(ids, (0..w.next_id).collect::<Vec<_>>());
         prop_assert!(w.handed_back.is_empty());
@@ -313,13 +322,7 @@ proptest! {
     /// accepted, exactly; nothing reaches one incarnation twice.
     #[test]
     fn restarts_hand_back_exactly_the_unacknowledged(ops in prop::collection::vec(op(true), 0..200)) {
-        let mut w = World::new();
-        w.apply(Op::Reconnect { listener_first: true }).unwrap();
-        for op in ops {
-            w.apply(op).unwrap();
-        }
-        w.settle().unwrap();
-        check_common(&w);
+        let w = run(ops);
         let mut all: Vec<u64> = w.acked.iter().chain(&w.handed_back).copied().collect();
         all.sort_unstable();
         prop_assert_eq!(all, (0..w.next_id).collect::<Vec<_>>());

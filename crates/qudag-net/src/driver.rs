@@ -537,14 +537,9 @@ impl Driver {
             UndeliveredReason::Unreachable
         };
         self.unresponsive = false;
-        if let Some(s) = &self.session {
+        if self.session.is_some() {
             // Connected, yet nothing moved for that long.
-            s.handle.close(CloseCode::Unresponsive);
-            self.shared.sink.connection_closed(CloseKind::Unresponsive);
-            self.session_lost(SessionEnd::Closed(CloseReason::Local {
-                code: CloseCode::Unresponsive as u32,
-                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
-            }));
+            self.close_unresponsive();
         }
         self.redials = 0;
         self.down_since = None;
@@ -574,14 +569,11 @@ impl Driver {
                 known: taken.incarnation,
                 next: taken.next,
             };
-            let mut frame = bytes::BytesMut::with_capacity(qudag_batch::RESUME_FRAME_LEN);
-            encode_resume_frame(&resume, &mut frame);
+            s.buf.clear();
+            encode_resume_frame(&resume, &mut s.buf);
             s.resume_written = true;
             s.ack_written = taken.next;
-            let limit = self.shared.config.ack_timeout;
-            s.writing = true;
-            write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await?;
-            s.writing = false;
+            self.write_frame().await?;
         }
         self.write_ack().await?;
         loop {
@@ -590,7 +582,7 @@ impl Driver {
             let Some((first, msgs)) = outbox.poll_resend(now.into_std()) else {
                 break;
             };
-            let (n, wire) = seal_batch(s, first, msgs, &self.peer.id, &*self.shared.sink)?;
+            let (n, wire) = seal_batch(s, first, msgs, &self.peer.id)?;
             self.write_frame().await?;
             self.shared.sink.batch_flushed(n, wire);
         }
@@ -612,24 +604,27 @@ impl Driver {
             .as_mut()
             .expect("may_send_new implies a session");
         let (first, msgs) = self.outbox.send(msgs, std_now());
-        let (n, wire) = seal_batch(s, first, msgs, &self.peer.id, &*self.shared.sink)?;
+        let (n, wire) = seal_batch(s, first, msgs, &self.peer.id)?;
         self.write_frame().await?;
         self.shared.sink.batch_flushed(n, wire);
         Ok(())
     }
 
-    /// Writes the frame sealed into the session's buffer, bounded by the ack timeout.
+    /// Writes the frame encoded into the session's buffer (every frame goes
+    /// out this way), bounded by the ack timeout, and accounts the buffer's
+    /// capacity in `memory`.
     async fn write_frame(&mut self) -> Result<(), SessionEnd> {
         let limit = self.shared.config.ack_timeout;
-        let s = self.session.as_mut().expect("a frame was sealed on it");
+        let sink = &*self.shared.sink;
+        let s = self.session.as_mut().expect("a frame was encoded on it");
+        s.account_buf(sink);
         s.writing = true;
-        let written =
-            write_bounded(&mut s.writer, &s.buf, &s.handle, limit, &*self.shared.sink).await;
+        let written = write_bounded(&mut s.writer, &s.buf, &s.handle, limit, sink).await;
         s.writing = false;
         if s.buf.capacity() > MAX_IDLE_WRITE_BUF {
             // A burst of large batches grew it: do not keep that per connection.
-            self.shared.sink.memory(-(s.buf.capacity() as isize));
             s.buf = bytes::BytesMut::new();
+            s.account_buf(sink);
         }
         written
     }
@@ -645,13 +640,9 @@ impl Driver {
             return Ok(());
         }
         s.ack_written = next;
-        let mut frame = bytes::BytesMut::with_capacity(qudag_batch::ACK_FRAME_LEN);
-        encode_ack_frame(next, &mut frame);
-        let limit = self.shared.config.ack_timeout;
-        s.writing = true;
-        write_bounded(&mut s.writer, &frame, &s.handle, limit, &*self.shared.sink).await?;
-        s.writing = false;
-        Ok(())
+        s.buf.clear();
+        encode_ack_frame(next, &mut s.buf);
+        self.write_frame().await
     }
 
     // -- reading ----------------------------------------------------------
@@ -738,14 +729,18 @@ impl Driver {
         }
         self.shared.sink.error(ErrorKind::AckTimeout);
         self.unresponsive = true;
-        if let Some(s) = &self.session {
-            s.handle.close(CloseCode::Unresponsive);
-        }
+        self.close_unresponsive();
+    }
+
+    /// Closes the current connection with code 5 (the peer does not
+    /// acknowledge); the session goes on.
+    fn close_unresponsive(&mut self) {
+        let Some(s) = &self.session else {
+            return;
+        };
+        s.handle.close(CloseCode::Unresponsive);
         self.shared.sink.connection_closed(CloseKind::Unresponsive);
-        self.session_lost(SessionEnd::Closed(CloseReason::Local {
-            code: CloseCode::Unresponsive as u32,
-            reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
-        }));
+        self.session_lost(SessionEnd::Closed(unresponsive_reason()));
     }
 
     /// Lets go of the current connection without touching the session.
@@ -753,7 +748,7 @@ impl Driver {
         let Some(session) = self.session.take() else {
             return;
         };
-        self.shared.sink.memory(-(session.buf.capacity() as isize));
+        self.shared.sink.memory(-(session.buf_accounted as isize));
         // Closing is idempotent: the first reason stands. This releases the
         // peer at once instead of when the last handle is dropped.
         session.handle.close(CloseCode::Normal);
@@ -972,10 +967,8 @@ fn seal_batch(
     first: u64,
     msgs: &[Envelope],
     peer: &PeerId,
-    sink: &dyn qudag_metrics::MetricsSink,
 ) -> Result<(usize, usize), SessionEnd> {
     let seq = s.next_seq;
-    let before = s.buf.capacity();
     s.buf.clear();
     let spans = encode_batch_frame(seq, first, msgs, &mut s.buf);
     let (head, rest) = s.buf.split_at_mut(spans.body.start);
@@ -991,10 +984,6 @@ fn seal_batch(
         }
     }
     s.next_seq += 1;
-    let after = s.buf.capacity();
-    if after != before {
-        sink.memory(after as isize - before as isize);
-    }
     Ok((msgs.len(), s.buf.len()))
 }
 
@@ -1021,11 +1010,16 @@ async fn write_bounded(
             sink.error(ErrorKind::AckTimeout);
             sink.connection_closed(CloseKind::Unresponsive);
             handle.close(CloseCode::Unresponsive);
-            Err(SessionEnd::Closed(CloseReason::Local {
-                code: CloseCode::Unresponsive as u32,
-                reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
-            }))
+            Err(SessionEnd::Closed(unresponsive_reason()))
         }
+    }
+}
+
+/// How a connection closed for not acknowledging is reported locally.
+fn unresponsive_reason() -> CloseReason {
+    CloseReason::Local {
+        code: CloseCode::Unresponsive as u32,
+        reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
     }
 }
 

@@ -200,7 +200,10 @@ pub(crate) struct Session {
     pub(crate) sealer: Box<dyn Sealer>,
     /// The next batch sequence number (the nonce) on this connection.
     pub(crate) next_seq: u64,
+    /// The frame being written (every frame is encoded here first).
     pub(crate) buf: BytesMut,
+    /// The capacity of `buf` counted in the `memory` gauge.
+    pub(crate) buf_accounted: usize,
     pub(crate) signals: Arc<Signals>,
     /// Our RESUME is the first frame on our direction; written yet?
     pub(crate) resume_written: bool,
@@ -213,6 +216,17 @@ pub(crate) struct Session {
     /// When the driver took it on: the peer's RESUME is due by then + ack timeout.
     pub(crate) adopted_at: tokio::time::Instant,
     pub(crate) reader: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Brings the `memory` gauge in line with the frame buffer's capacity.
+    pub(crate) fn account_buf(&mut self, sink: &dyn MetricsSink) {
+        let cap = self.buf.capacity();
+        if cap != self.buf_accounted {
+            sink.memory(cap as isize - self.buf_accounted as isize);
+            self.buf_accounted = cap;
+        }
+    }
 }
 
 impl Drop for Session {
@@ -283,6 +297,7 @@ pub(crate) async fn establish(
         sealer,
         next_seq: 0,
         buf: BytesMut::new(),
+        buf_accounted: 0,
         signals,
         resume_written: false,
         ack_written: 0,

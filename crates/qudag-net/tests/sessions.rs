@@ -86,8 +86,8 @@ async fn simultaneous_dial_over_quic_hands_nothing_back() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn simultaneous_dial_in_memory_with_paused_time_hands_nothing_back() {
+/// 200 repetitions over the in-memory transport, on the caller's runtime.
+async fn in_memory_repetitions() {
     for rep in 0..200 {
         let net = MemoryNetwork::new();
         let a = memory_node(&net, &format!("a{rep}"), ManagerConfig::default());
@@ -98,14 +98,12 @@ async fn simultaneous_dial_in_memory_with_paused_time_hands_nothing_back() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn simultaneous_dial_in_memory_with_paused_time_hands_nothing_back() {
+    in_memory_repetitions().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_in_memory_with_threads_hands_nothing_back() {
-    for rep in 0..200 {
-        let net = MemoryNetwork::new();
-        let a = memory_node(&net, &format!("a{rep}"), ManagerConfig::default());
-        let b = memory_node(&net, &format!("b{rep}"), ManagerConfig::default());
-        let (ha, hb) = dial_each_other(a, b).await;
-        check(rep, &ha);
-        check(rep, &hb);
-    }
+    in_memory_repetitions().await;
 }
