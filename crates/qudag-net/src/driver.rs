@@ -877,27 +877,56 @@ impl Driver {
             loop {
                 if self.session.is_none() {
                     let waiting = !self.outbox.is_empty() || self.batcher.pending_messages() > 0;
-                    if self.winner_due.is_none() || !waiting {
-                        return Ok::<(), SessionEnd>(());
+                    if !waiting {
+                        return;
                     }
-                    match self.ctl.recv().await {
-                        Some(Ctl::Inbound(session)) => self.inbound(session),
-                        Some(_) => {}
-                        None => return Ok(()),
+                    // Messages wait for a connection: dial (unless a
+                    // simultaneous dial's winner is on its way, or the peer
+                    // only ever dialed us), and take the peer's if it comes.
+                    let mut retry = None;
+                    if self.winner_due.is_none() && self.peer.addr.lock().is_some() {
+                        match self.connect().await {
+                            Ok(()) => continue,
+                            Err(NetError::Backoff { retry_at, .. }) => {
+                                retry = Some(Instant::from_std(retry_at));
+                            }
+                            Err(_) => {
+                                retry = self
+                                    .shared
+                                    .backoff
+                                    .retry_at(&self.peer.id)
+                                    .map(Instant::from_std);
+                            }
+                        }
+                    }
+                    tokio::select! {
+                        ctl = self.ctl.recv() => match ctl {
+                            Some(Ctl::Inbound(session)) => self.inbound(session),
+                            Some(_) => {}
+                            None => return,
+                        },
+                        () = sleep_until(retry) => {}
                     }
                     continue;
                 }
-                self.flush_ready().await?;
+                // A connection that fails now is lost like any other; the
+                // loop then redials or waits for the peer's.
+                if let Err(end) = self.flush_ready().await {
+                    self.session_lost(end);
+                    continue;
+                }
                 if self.outbox.may_send_new() {
                     if let Some(b) = self.batcher.flush() {
                         let written = self.write_new(b.into_messages()).await;
                         self.batcher.write_complete();
-                        written?;
+                        if let Err(end) = written {
+                            self.session_lost(end);
+                        }
                         continue;
                     }
                 }
                 if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
-                    return Ok(());
+                    return;
                 }
                 // The peer's frames, the application taking messages (their
                 // ACK goes out at the top of the loop), or a replacement.
@@ -912,9 +941,8 @@ impl Driver {
                 }
             }
         };
-        if let Ok(Err(end)) = tokio::time::timeout_at(deadline, flushed).await {
-            self.session_lost(end);
-        }
+        // Past the deadline what is left goes back (below).
+        let _ = tokio::time::timeout_at(deadline, flushed).await;
         if self.session.is_some() {
             // A write cut off by the deadline left part of a frame on the
             // stream: nothing more may follow it, so close at once.
