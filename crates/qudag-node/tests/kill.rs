@@ -1,7 +1,9 @@
 //! Killing a peer process mid-stream: the survivor (an in-process manager)
-//! reports `Failed`, hands back what the dead peer had not acknowledged,
-//! keeps what it had not written yet, and delivers it when the peer comes
-//! back on the same address with the same key.
+//! reports `Failed` and keeps its session. When the peer comes back on the
+//! same address with the same key (a new incarnation), the survivor hands
+//! back exactly what the dead incarnation had not acknowledged (reason
+//! `PeerRestarted`, maybe delivered), never resends what it acknowledged,
+//! and delivers to the new incarnation what it had not written yet.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use qudag_net::{
     ConnState, ConnectionManager, Event, Events, Identity, ManagerConfig, PeerAddr, QuicConfig,
-    QuicTransport, SendError,
+    QuicTransport, SendError, UndeliveredReason,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -79,13 +81,27 @@ async fn listen(bind: &str, key: &std::path::Path) -> (Child, PeerAddr) {
 }
 
 /// Waits for a state change to `to`; counts handed-back messages on the way.
-async fn wait_state(events: &mut Events, to: ConnState, handed_back: &mut Vec<Bytes>) {
+/// A message handed back, with its reason and `maybe_delivered`.
+type Back = (Bytes, UndeliveredReason, bool);
+
+fn record(ev: Event, handed_back: &mut Vec<Back>) {
+    if let Event::Undelivered {
+        messages,
+        reason,
+        maybe_delivered,
+        ..
+    } = ev
+    {
+        handed_back.extend(messages.into_iter().map(|m| (m, reason, maybe_delivered)));
+    }
+}
+
+async fn wait_state(events: &mut Events, to: ConnState, handed_back: &mut Vec<Back>) {
     guard(&format!("state {to:?}"), async {
         loop {
             match events.recv().await.expect("manager alive") {
                 Event::StateChanged { to: t, .. } if t == to => return,
-                Event::Undelivered { messages, .. } => handed_back.extend(messages),
-                _ => {}
+                ev => record(ev, handed_back),
             }
         }
     })
@@ -184,9 +200,7 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
     wait_state(&mut events, ConnState::Connected, &mut handed_back).await;
     mgr.shutdown(Duration::from_secs(20)).await;
     while let Some(ev) = events.try_recv() {
-        if let Event::Undelivered { messages, .. } = ev {
-            handed_back.extend(messages);
-        }
+        record(ev, &mut handed_back);
     }
     drop(second);
 
@@ -206,9 +220,20 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
         snap.messages_acked > acked_at_kill,
         "messages were delivered to the restarted peer"
     );
+    assert!(
+        handed_back
+            .iter()
+            .all(|(_, r, maybe)| *r == UndeliveredReason::PeerRestarted && *maybe),
+        "only what the dead incarnation may have read comes back, as maybe delivered: {:?}",
+        handed_back
+            .iter()
+            .map(|(_, r, m)| (*r, *m))
+            .collect::<std::collections::HashSet<_>>()
+    );
     let late: Vec<Bytes> = (before..total).map(msg).collect();
     assert!(
-        late.iter().all(|m| !handed_back.contains(m)),
+        late.iter()
+            .all(|m| !handed_back.iter().any(|(b, _, _)| b == m)),
         "messages sent while the peer was down were delivered after the redial"
     );
     assert_eq!(mgr.metrics_snapshot().memory_bytes, 0);
