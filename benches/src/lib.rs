@@ -186,6 +186,12 @@ fn loopback() -> SocketAddr {
 /// and `uni` concurrent streams per connection. Must run inside a tokio
 /// runtime.
 pub fn raw_server(bidi: u32, uni: u32) -> Result<quinn::Endpoint, BoxError> {
+    raw_server_alpn(bidi, uni, ALPN)
+}
+
+/// [`raw_server`] offering the ALPN protocol `alpn` (to play a peer of
+/// another protocol version).
+pub fn raw_server_alpn(bidi: u32, uni: u32, alpn: &[u8]) -> Result<quinn::Endpoint, BoxError> {
     let provider = provider();
     let cert = raw_cert()?;
     let verifier = Arc::new(AnyCert {
@@ -195,7 +201,7 @@ pub fn raw_server(bidi: u32, uni: u32) -> Result<quinn::Endpoint, BoxError> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain, cert.key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.send_tls13_tickets = 0;
     tls.max_early_data_size = 0;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
@@ -211,6 +217,12 @@ pub fn raw_server(bidi: u32, uni: u32) -> Result<quinn::Endpoint, BoxError> {
 /// presents its own certificate and admits `bidi` and `uni` concurrent
 /// streams from the server. Connect with any server name.
 pub fn raw_client(bidi: u32, uni: u32) -> Result<quinn::Endpoint, BoxError> {
+    raw_client_alpn(bidi, uni, ALPN)
+}
+
+/// [`raw_client`] offering the ALPN protocol `alpn` (to play a peer of
+/// another protocol version).
+pub fn raw_client_alpn(bidi: u32, uni: u32, alpn: &[u8]) -> Result<quinn::Endpoint, BoxError> {
     let provider = provider();
     let cert = raw_cert()?;
     let verifier = Arc::new(AnyCert {
@@ -221,7 +233,7 @@ pub fn raw_client(bidi: u32, uni: u32) -> Result<quinn::Endpoint, BoxError> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(cert.chain, cert.key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_sni = false;
     tls.enable_early_data = false;

@@ -113,6 +113,9 @@ pub const STREAM_PREAMBLE: u8 = 0x51;
 const SERVER_NAME: &str = "qudag";
 /// TLS alert `access_denied` (RFC 8446 §6.2), sent by a listener whose allow-list refuses the dialer.
 const ALERT_ACCESS_DENIED: u8 = 49;
+/// TLS alert `no_application_protocol` (RFC 7301 §3.2): the peers share no ALPN
+/// protocol, that is no protocol version.
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
 
 /// A QUIC endpoint that dials and accepts authenticated connections.
 ///
@@ -379,6 +382,15 @@ fn dial_error(
                 peer: to.peer,
                 detail: "the peer's allow-list does not admit this identity".into(),
             }
+        }
+        ConnectionError::ConnectionClosed(c)
+            if c.error_code == TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL) =>
+        {
+            handshake(format!(
+                "protocol version mismatch: the peer does not speak {} \
+                 (TLS alert no_application_protocol)",
+                String::from_utf8_lossy(ALPN)
+            ))
         }
         ConnectionError::ApplicationClosed(c) => TransportError::Refused {
             peer: to.peer,
