@@ -140,25 +140,34 @@ impl ManagerConfig {
         self
     }
 
-    /// A connection whose oldest unacknowledged batch is older than this is
-    /// closed as unresponsive and its batches are handed back. Default: 15 s.
+    /// A connection whose oldest unacknowledged batch (or the peer's RESUME
+    /// on a new connection) is older than this is closed as unresponsive; the
+    /// session goes on over a redial, and the batches are handed back only
+    /// if [`unreachable_after`](Self::unreachable_after) passes without
+    /// progress. Default: 15 s.
     pub fn ack_timeout(&mut self, d: Duration) -> &mut Self {
         self.ack_timeout = d;
         self
     }
 
-    /// Redials (with backoff) after a connection fails while messages wait,
-    /// before the waiting messages are handed back. Default: 5.
+    /// Failed dials in a row (with backoff) while messages wait, before the
+    /// waiting messages are handed back. A dial that succeeds resets the
+    /// count. Default: 5.
     pub fn max_redials(&mut self, n: u32) -> &mut Self {
         self.max_redials = n;
         self
     }
 
-    /// How long messages wait for a connection that keeps failing before
-    /// they are handed back as [`Unreachable`](crate::UndeliveredReason::Unreachable),
-    /// whichever of this and [`max_redials`](Self::max_redials) comes first.
-    /// A dial in progress is not cut short, so the wait can exceed this by
-    /// up to the connect timeout. Default: 10 s.
+    /// How long messages wait without progress (no connection, or one that
+    /// acknowledges nothing) before they are handed back as
+    /// [`Unreachable`](crate::UndeliveredReason::Unreachable) or
+    /// [`Unresponsive`](crate::UndeliveredReason::Unresponsive), whichever of
+    /// this and [`max_redials`](Self::max_redials) comes first. A dial in
+    /// progress is not cut short, so the wait can exceed this by up to the
+    /// connect timeout. Keep it below the peers'
+    /// [`peer_idle_timeout`](Self::peer_idle_timeout): a peer forgets a
+    /// sender's session after that, and a resend after it could be delivered
+    /// twice. Default: 10 s.
     pub fn unreachable_after(&mut self, d: Duration) -> &mut Self {
         self.unreachable_after = d;
         self
@@ -168,7 +177,8 @@ impl ManagerConfig {
     /// forgotten: its task ends and its backoff state is dropped, so peers
     /// seen once do not cost memory forever. Peers the application
     /// [`connect`](crate::ConnectionManager::connect)ed to keep their address,
-    /// and `send` to them starts a new task. Default: 300 s.
+    /// and `send` to them starts a new task. The peer's session state (what
+    /// it delivered from the peer) goes with the task. Default: 300 s.
     pub fn peer_idle_timeout(&mut self, d: Duration) -> &mut Self {
         self.peer_idle_timeout = d;
         self

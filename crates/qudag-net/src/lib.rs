@@ -19,11 +19,17 @@
 //! accepted is either delivered to the peer's application (in order, through
 //! its [`Incoming`]) and acknowledged, or handed back to the sender's
 //! application as [`Event::Undelivered`] with the reason. Nothing is dropped
-//! silently. A handed-back message has `maybe_delivered = true` when it was
-//! written before the connection failed: the peer may have it.
+//! silently. Two managers share a session that outlives their connections:
+//! what a lost or replaced connection had not got acknowledged is resent on
+//! the next one and the receiver drops what it already delivered, so as long
+//! as neither manager restarts a message is delivered exactly once. Messages
+//! come back only when the peer stays unreachable past `unreachable_after`,
+//! when it restarted ([`UndeliveredReason::PeerRestarted`]), or at the
+//! shutdown deadline. A handed-back message has `maybe_delivered = true` when
+//! it was written before: the peer may have it.
 //!
-//! What it does not do: peer discovery, routing, or retransmission across
-//! connections (handed-back messages are the application's to resend).
+//! What it does not do: peer discovery, routing, or resending what was handed
+//! back (that is the application's decision).
 //!
 //! # Examples
 //!
