@@ -581,7 +581,9 @@ impl ConnectionManager {
     /// Stops accepting messages and connections, flushes every queue, waits
     /// for acknowledgements up to `grace`, closes every connection with the
     /// shutdown reason, and hands back (as [`Event::Undelivered`]) whatever
-    /// was not acknowledged. Later calls return at once.
+    /// was not acknowledged. A peer whose connection is lost while messages
+    /// wait for it is redialed within `grace`, so an unreachable peer makes
+    /// the shutdown take the whole `grace`. Later calls return at once.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         if self.shared.shutting_down.swap(true, Ordering::AcqRel) {
             return ShutdownReport { peers_closed: 0 };
