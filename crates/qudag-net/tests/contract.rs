@@ -52,6 +52,35 @@ fn index(m: &[u8]) -> u32 {
     u32::from_be_bytes(m.try_into().unwrap())
 }
 
+/// What came back, split by `maybe_delivered` (sure not delivered, maybe
+/// delivered), and the count; fails if a message comes back twice.
+fn handed_back(
+    events: &mut qudag_net::Events,
+) -> Result<(HashSet<u32>, HashSet<u32>, u64), TestCaseError> {
+    let mut back_sure = HashSet::new();
+    let mut back_maybe = HashSet::new();
+    let mut back = 0u64;
+    while let Some(ev) = events.try_recv() {
+        if let Event::Undelivered {
+            messages,
+            maybe_delivered,
+            ..
+        } = ev
+        {
+            back += messages.len() as u64;
+            for m in messages {
+                let set = if maybe_delivered {
+                    &mut back_maybe
+                } else {
+                    &mut back_sure
+                };
+                prop_assert!(set.insert(index(&m)), "handed back twice");
+            }
+        }
+    }
+    Ok((back_sure, back_maybe, back))
+}
+
 fn run(ops: Vec<Op>, adaptive: bool) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -136,27 +165,7 @@ fn run(ops: Vec<Op>, adaptive: bool) -> Result<(), TestCaseError> {
             received.push(index(&m));
         }
 
-        let mut back_sure = HashSet::new();
-        let mut back_maybe = HashSet::new();
-        let mut back = 0u64;
-        while let Some(ev) = events.try_recv() {
-            if let Event::Undelivered {
-                messages,
-                maybe_delivered,
-                ..
-            } = ev
-            {
-                back += messages.len() as u64;
-                for m in messages {
-                    let set = if maybe_delivered {
-                        &mut back_maybe
-                    } else {
-                        &mut back_sure
-                    };
-                    prop_assert!(set.insert(index(&m)), "handed back twice");
-                }
-            }
-        }
+        let (back_sure, _, back) = handed_back(&mut events)?;
         let snap = a.metrics_snapshot();
         prop_assert_eq!(
             snap.messages_acked + back,
@@ -337,27 +346,7 @@ fn session_run(ops: Vec<SessionOp>) -> Result<SessionRun, TestCaseError> {
         b.shutdown(Duration::ZERO).await;
         let _ = reader.await;
         let received = std::mem::take(&mut *received.lock());
-        let mut back_sure = HashSet::new();
-        let mut back_maybe = HashSet::new();
-        let mut back = 0u64;
-        while let Some(ev) = events.try_recv() {
-            if let Event::Undelivered {
-                messages,
-                maybe_delivered,
-                ..
-            } = ev
-            {
-                back += messages.len() as u64;
-                for m in messages {
-                    let set = if maybe_delivered {
-                        &mut back_maybe
-                    } else {
-                        &mut back_sure
-                    };
-                    prop_assert!(set.insert(index(&m)), "handed back twice");
-                }
-            }
-        }
+        let (back_sure, back_maybe, back) = handed_back(&mut events)?;
         let acked = a.metrics_snapshot().messages_acked;
         prop_assert_eq!(
             a.metrics_snapshot().memory_bytes,
