@@ -573,6 +573,7 @@ impl Driver {
             encode_resume_frame(&resume, &mut s.buf);
             s.resume_written = true;
             s.ack_written = taken.next;
+            s.resume_known = taken.incarnation;
             self.write_frame().await?;
         }
         self.write_ack().await?;
@@ -635,8 +636,14 @@ impl Driver {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
-        let next = self.peer.recv.taken.lock().next;
-        if !s.resume_written || next <= s.ack_written {
+        let taken = *self.peer.recv.taken.lock();
+        // An ACK names messages of the incarnation the peer declared on this
+        // connection; until its RESUME is processed there is nothing to say.
+        if !s.resume_written || s.peer_incarnation != Some(taken.incarnation) {
+            return Ok(());
+        }
+        let next = taken.next;
+        if next <= s.ack_written {
             return Ok(());
         }
         s.ack_written = next;
@@ -667,6 +674,13 @@ impl Driver {
         };
         let mut violation = None;
         if let Some(resume) = signals.take_resume() {
+            let s = self.session.as_mut().expect("checked");
+            s.peer_incarnation = Some(resume.incarnation);
+            if resume.incarnation != s.resume_known {
+                // Our RESUME acknowledged another incarnation: nothing of
+                // this one is acknowledged on this connection yet.
+                s.ack_written = 0;
+            }
             match self.outbox.on_resume(resume, &mut on_acked) {
                 Ok(outcome) => {
                     if outcome.lost {

@@ -209,6 +209,11 @@ pub(crate) struct Session {
     pub(crate) resume_written: bool,
     /// The highest acknowledgement (ours, of the peer's messages) written here.
     pub(crate) ack_written: u64,
+    /// The sender incarnation our RESUME here acknowledged (its `known`).
+    pub(crate) resume_known: u64,
+    /// The peer's incarnation on this connection, from its RESUME once the
+    /// driver processed it: ACKs here are about that incarnation only.
+    pub(crate) peer_incarnation: Option<u64>,
     /// The highest acknowledgement of ours the peer sent here, processed.
     pub(crate) ack_seen: u64,
     /// A write is under way (or was cut off mid-frame by a cancelled future).
@@ -301,6 +306,8 @@ pub(crate) async fn establish(
         signals,
         resume_written: false,
         ack_written: 0,
+        resume_known: 0,
+        peer_incarnation: None,
         ack_seen: 0,
         writing: false,
         adopted_at: tokio::time::Instant::now(),
@@ -405,14 +412,16 @@ async fn read_frames(
                     if incarnation.is_none() {
                         return Err(sequence_error("an ACK frame before RESUME"));
                     }
-                    if next < last_ack {
-                        return Err(sequence_error("an acknowledgement that goes backwards"));
+                    // Each ACK on a connection names more than the one
+                    // before (the first: more than 0). A repeat is a
+                    // protocol violation, so a flood of ACKs ends the
+                    // connection instead of costing the driver work.
+                    if next <= last_ack {
+                        return Err(sequence_error("an acknowledgement that does not advance"));
                     }
-                    if next > last_ack {
-                        last_ack = next;
-                        signals.acked.store(next, Ordering::Release);
-                        signals.notify.notify_one();
-                    }
+                    last_ack = next;
+                    signals.acked.store(next, Ordering::Release);
+                    signals.notify.notify_one();
                 }
                 Frame::Batch(mut sealed) => {
                     let Some(inc) = incarnation else {
@@ -428,6 +437,10 @@ async fn read_frames(
                     let mut messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;
                     let count = messages.len();
+                    if count == 0 {
+                        // It carries nothing; the reference sender never writes one.
+                        return Err(sequence_error("an empty batch"));
+                    }
                     if first.checked_add(count as u64).is_none() {
                         return Err(sequence_error("message numbers overflow"));
                     }

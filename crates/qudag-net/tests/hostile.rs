@@ -12,16 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use qudag_batch::{encode_batch_frame, encode_resume_frame, Resume};
+use qudag_batch::{
+    encode_ack_frame, encode_batch_frame, encode_resume_frame, CodecLimits, Frame, FrameDecoder,
+    Resume,
+};
 use qudag_crypto::{RingSealer, Sealer, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER};
 use qudag_metrics::ErrorKind;
 use qudag_net::Incoming;
 use qudag_net::{
     CloseReason, ConnState, Connection, ManagerConfig, MemoryNetwork, MemoryTransport, NetError,
-    PeerAddr, PeerId, QuicConfig, Transport, TransportError,
+    PeerAddr, PeerId, QuicConfig, QuicTransport, Transport, TransportError,
 };
 use support::{guard, memory_node, quic_node, Node};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 const GUARD: Duration = Duration::from_secs(20);
@@ -29,15 +32,20 @@ const GUARD: Duration = Duration::from_secs(20);
 /// The attacker: an authenticated connection to the victim, its stream and
 /// the sealer for the dialer-to-listener direction.
 struct Attacker {
-    _transport: MemoryTransport,
+    _transport: Arc<dyn Transport>,
     conn: Arc<dyn Connection>,
     writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    _reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     sealer: RingSealer,
 }
 
 async fn attacker(net: &MemoryNetwork, name: &str, victim: PeerAddr) -> Attacker {
-    let t = net.bind(PeerId::from_public_key(name.as_bytes()));
+    let t: Arc<MemoryTransport> = Arc::new(net.bind(PeerId::from_public_key(name.as_bytes())));
+    attacker_on(t, name, victim).await
+}
+
+/// An attacker on any transport (`name` seeds its incarnation).
+async fn attacker_on(t: Arc<dyn Transport>, name: &str, victim: PeerAddr) -> Attacker {
     let conn = t.dial(&victim).await.expect("attacker dials");
     let (mut writer, reader) = conn.open_stream().await.expect("stream");
     let mut key = [0u8; KEY_LEN];
@@ -49,7 +57,12 @@ async fn attacker(net: &MemoryNetwork, name: &str, victim: PeerAddr) -> Attacker
         .expect("export");
     // A session starts with a RESUME frame; the attacks follow it.
     let mut resume = BytesMut::new();
-    let incarnation = u64::from_be_bytes(name.as_bytes()[..8].try_into().unwrap_or([1; 8]));
+    let incarnation = u64::from_be_bytes(
+        name.as_bytes()
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([1; 8]),
+    );
     encode_resume_frame(
         &Resume {
             incarnation: incarnation.max(1),
@@ -63,7 +76,7 @@ async fn attacker(net: &MemoryNetwork, name: &str, victim: PeerAddr) -> Attacker
         _transport: t,
         conn,
         writer,
-        _reader: reader,
+        reader,
         sealer: RingSealer::new(SessionKey::from_bytes(key)),
     }
 }
@@ -376,4 +389,169 @@ async fn certificate_for_another_key_is_refused_before_any_message() {
         !impostor.mgr.peers().contains(&dialer.addr.peer),
         "the impostor never learned the dialer as a peer"
     );
+}
+
+/// The process's resident set, from /proc (Linux); `None` elsewhere.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// How the attacker floods its ACKs.
+#[derive(Debug, Clone, Copy)]
+enum AckFlood {
+    /// `ACK(0)` again and again: never a valid acknowledgement.
+    Zeros,
+    /// `ACK(1)` (valid once: the victim sent one message) then repeats.
+    Repeats,
+    /// `ACK(2)`, `ACK(3)`, ...: each advances, all cover messages never sent.
+    CountingUp,
+}
+
+/// An authenticated peer floods the victim with ACK frames over QUIC (the
+/// review grew a victim's RSS by 1.4 GB in 12 s this way). Each flood is a
+/// protocol violation: the victim closes that connection (code 4) after at
+/// most a few frames, counts a typed error, and its memory stays within a
+/// bound computed from the config (the QUIC receive window, which bounds
+/// what it buffers unread, plus slack); the honest peer is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_flood_closes_the_connection_and_memory_stays_bounded() {
+    const FLOOD_BYTES: usize = 64 << 20; // 5 million ACK frames, if the victim let it
+    let quic = QuicConfig::default();
+    // QuicConfig's default connection receive window (16 MiB: what quinn
+    // buffers unread for one connection) plus 32 MiB of slack.
+    let bound: u64 = (16 << 20) + (32 << 20);
+    let victim = quic_node(ManagerConfig::default(), quic.clone());
+    let mut honest = quic_node(ManagerConfig::default(), QuicConfig::default());
+    honest
+        .mgr
+        .connect(victim.addr)
+        .await
+        .expect("honest connects");
+    let Node {
+        mgr: vmgr,
+        incoming: vin,
+        addr: vaddr,
+        events: _vevents,
+    } = victim;
+    let mut vrx = spawn_receiver(vin);
+    let rss_before = rss_bytes();
+    let memory_before = vmgr.metrics_snapshot().memory_bytes;
+
+    for (n, flood) in [AckFlood::Zeros, AckFlood::Repeats, AckFlood::CountingUp]
+        .into_iter()
+        .enumerate()
+    {
+        let before = vmgr.metrics_snapshot().errors.get(ErrorKind::Sequence);
+        let identity = qudag_net::Identity::generate().expect("identity");
+        let t = QuicTransport::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &identity,
+            quic.clone(),
+        )
+        .expect("bind");
+        let mut a = attacker_on(Arc::new(t), &format!("ackflood{n}"), vaddr).await;
+        let mallory = identity.peer_id();
+        let mut frame = BytesMut::new();
+        if !matches!(flood, AckFlood::Zeros) {
+            // The victim sends the attacker one message, so ACK(1) is valid once.
+            guard("the victim knows the attacker", GUARD, async {
+                while vmgr.status(&mallory) != Some(ConnState::Connected) {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+            vmgr.send(&mallory, Bytes::from_static(b"to mallory"))
+                .await
+                .expect("accepted");
+            let mut decoder = FrameDecoder::new(CodecLimits::default());
+            let mut buf = BytesMut::new();
+            guard("the victim's batch reaches the attacker", GUARD, async {
+                loop {
+                    if let Some(Frame::Batch(_)) = decoder.decode(&mut buf).expect("decodes") {
+                        break;
+                    }
+                    let got = a.reader.read_buf(&mut buf).await.expect("read");
+                    assert!(got > 0, "the victim closed the stream early");
+                }
+            })
+            .await;
+        }
+        // Flood until the victim closes the connection (a write fails).
+        let mut next = 1u64;
+        let mut written = 0usize;
+        guard("the flood ends", GUARD, async {
+            while written < FLOOD_BYTES {
+                frame.clear();
+                while frame.len() < 64 * 1024 {
+                    match flood {
+                        AckFlood::Zeros => encode_ack_frame(0, &mut frame),
+                        AckFlood::Repeats => encode_ack_frame(1, &mut frame),
+                        AckFlood::CountingUp => {
+                            next += 1;
+                            encode_ack_frame(next, &mut frame);
+                        }
+                    }
+                }
+                if a.writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+                written += frame.len();
+            }
+        })
+        .await;
+        let reason = a.closed().await;
+        assert!(
+            matches!(reason, CloseReason::Remote { code: 4, .. }),
+            "{flood:?}: closed with {reason:?}, expected the protocol violation code 4"
+        );
+        assert!(
+            written < FLOOD_BYTES,
+            "{flood:?}: the victim took all {written} bytes of ACKs without closing"
+        );
+        let after = vmgr.metrics_snapshot().errors.get(ErrorKind::Sequence);
+        assert_eq!(after, before + 1, "{flood:?}: one typed error");
+        eprintln!(
+            "{flood:?}: attacker wrote {} KiB before the close",
+            written / 1024
+        );
+
+        // The honest peer is unaffected.
+        let ping = Bytes::from(format!("honest-{n}"));
+        honest
+            .mgr
+            .send(&vaddr.peer, ping.clone())
+            .await
+            .expect("accepted");
+        let (from, m) = guard("the honest message arrives", GUARD, async {
+            loop {
+                let (from, m) = vrx.recv().await.expect("victim alive");
+                if from == honest.addr.peer {
+                    return (from, m);
+                }
+            }
+        })
+        .await;
+        assert_eq!((from, m), (honest.addr.peer, ping));
+    }
+    if let (Some(before), Some(after)) = (rss_before, rss_bytes()) {
+        let grown = after.saturating_sub(before);
+        eprintln!(
+            "ACK floods: RSS grew {} KiB (bound {} KiB)",
+            grown / 1024,
+            bound / 1024
+        );
+        assert!(
+            grown < bound,
+            "RSS grew {grown} bytes, over the bound {bound}"
+        );
+    }
+    let memory_after = vmgr.metrics_snapshot().memory_bytes;
+    assert!(
+        memory_after - memory_before < 1 << 20,
+        "the memory gauge grew from {memory_before} to {memory_after}"
+    );
+    honest.mgr.shutdown(Duration::from_secs(2)).await;
+    vmgr.shutdown(Duration::from_secs(2)).await;
 }
