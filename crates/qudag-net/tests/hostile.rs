@@ -423,7 +423,7 @@ async fn ack_flood_closes_the_connection_and_memory_stays_bounded() {
     // buffers unread for one connection) plus 32 MiB of slack.
     let bound: u64 = (16 << 20) + (32 << 20);
     let victim = quic_node(ManagerConfig::default(), quic.clone());
-    let mut honest = quic_node(ManagerConfig::default(), QuicConfig::default());
+    let honest = quic_node(ManagerConfig::default(), QuicConfig::default());
     honest
         .mgr
         .connect(victim.addr)
