@@ -954,7 +954,11 @@ async fn manager_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
     let mut cfg = manager_config(FlushPolicy::Adaptive);
     cfg.pool_mut().max_connections(n + 64);
     let mut quic = QuicConfig::default();
-    quic.accept_backlog(1024).max_handshakes(1024);
+    // One child process dials every connection from one address.
+    quic.accept_backlog(1024)
+        .max_handshakes(1024)
+        .max_handshakes_per_ip(1024)
+        .retry_above(1024);
     let (hub, hub_addr) = quic_manager(cfg, quic)?;
     settle().await;
     let (heap0, rss0) = (counting::live(), rss());

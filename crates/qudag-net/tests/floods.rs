@@ -1,5 +1,6 @@
 //! Floods: 1,000 concurrent `connect` calls under a limit of 100, and a
-//! flood of half-open inbound QUIC handshakes while a good peer connects.
+//! flood of replayed QUIC Initials (half-open handshakes) while an honest
+//! peer connects.
 //!
 //! (10,000 concurrent connections between two processes is a load test: it
 //! lives in `cargo xtask bench`, outside the default test run.)
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use qudag_net::{
     ConnectionManager, Identity, ManagerConfig, MemoryNetwork, NetError, PeerAddr, QuicConfig,
-    QuicTransport, Transport, TransportError,
+    QuicTransport, Transport,
 };
 use support::{guard, memory_node, quic_node};
 
@@ -103,29 +104,38 @@ fn dcid(datagram: &[u8]) -> Option<Vec<u8>> {
     datagram.get(6..6 + len).map(<[u8]>::to_vec)
 }
 
-/// Half-open inbound handshakes (replayed client Initials from a socket that
-/// never answers) hold at most `max_handshakes` slots: a good peer is
-/// refused while they hold them, with a typed error, and gets in once they
-/// time out; none of them becomes a peer of the manager.
+/// The review's attack: 272 genuine client Initials, captured once, are
+/// replayed to a victim with the default `QuicConfig` (256 handshake slots)
+/// from silent sockets that never answer, spread over several source
+/// addresses, and replayed again while the first round still holds its
+/// state. Before address validation this held every slot for the whole
+/// handshake timeout and refused every honest dial. Now unproven addresses
+/// get a stateless Retry once `retry_above` handshakes are in progress, so
+/// an honest dialer connects on its first attempt and exchanges messages,
+/// and none of the replays becomes a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_open_handshake_flood_is_bounded_and_a_good_peer_gets_in() {
-    const SLOTS: usize = 16;
-    const FLOOD: usize = 64;
-    let mut quic = QuicConfig::default();
-    quic.max_handshakes(SLOTS)
-        .handshake_timeout(Duration::from_millis(1500));
-    let mut victim = quic_node(ManagerConfig::default(), quic);
-    let mut good_config = ManagerConfig::default();
-    good_config
-        .backoff_mut()
-        .base(Duration::from_millis(50))
-        .cap(Duration::from_millis(200));
-    let good = quic_node(good_config, QuicConfig::default());
+async fn replayed_initials_do_not_lock_out_an_honest_dialer() {
+    const FLOOD: usize = 272;
+    const SOURCES: u8 = 8;
+    let quic = QuicConfig::default();
+    let victim_transport = Arc::new(
+        QuicTransport::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &Identity::generate().expect("identity"),
+            quic.clone(),
+        )
+        .expect("bind"),
+    );
+    let mut victim = support::node_on(victim_transport.clone(), ManagerConfig::default());
+    let good = quic_node(ManagerConfig::default(), QuicConfig::default());
 
-    // Capture distinct genuine Initials: a client dials a silent relay socket.
-    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    // Silent sockets on their own loopback addresses: the replays' sources.
+    let mut relays = Vec::new();
+    for i in 0..SOURCES {
+        let addr = std::net::SocketAddr::from(([127, 0, 1, 60 + i], 0));
+        relays.push(tokio::net::UdpSocket::bind(addr).await.expect("bind relay"));
+    }
+    // Capture distinct genuine Initials: a client dials the first (silent) relay.
     let capturer = Arc::new(
         QuicTransport::bind(
             "127.0.0.1:0".parse().expect("addr"),
@@ -134,7 +144,7 @@ async fn half_open_handshake_flood_is_bounded_and_a_good_peer_gets_in() {
         )
         .expect("bind"),
     );
-    let to_relay = PeerAddr::new(victim.addr.peer, relay.local_addr().expect("addr"));
+    let to_relay = PeerAddr::new(victim.addr.peer, relays[0].local_addr().expect("addr"));
     let dials: Vec<_> = (0..FLOOD)
         .map(|_| {
             let c = capturer.clone();
@@ -148,7 +158,7 @@ async fn half_open_handshake_flood_is_bounded_and_a_good_peer_gets_in() {
     guard("capture Initials", GUARD, async {
         let mut buf = vec![0u8; 65536];
         while initials.len() < FLOOD {
-            let (n, _) = relay.recv_from(&mut buf).await.expect("recv");
+            let (n, _) = relays[0].recv_from(&mut buf).await.expect("recv");
             if let Some(id) = dcid(&buf[..n]) {
                 if ids.insert(id) {
                     initials.push(buf[..n].to_vec());
@@ -162,29 +172,44 @@ async fn half_open_handshake_flood_is_bounded_and_a_good_peer_gets_in() {
     }
     capturer.close();
 
-    // The flood: every Initial replayed to the victim from the silent relay.
-    for i in &initials {
-        relay.send_to(i, victim.addr.addr).await.expect("send");
-    }
-
-    // The good peer is refused while the half-open handshakes hold every slot...
-    let mut refused = 0u32;
-    guard("the good peer gets in", GUARD, async {
-        loop {
-            match good.mgr.connect(victim.addr).await {
-                Ok(()) => break,
-                Err(NetError::Transport(TransportError::Refused { .. })) => refused += 1,
-                // Waiting out the backoff the manager asks for.
-                Err(NetError::Backoff { retry_at, .. }) => {
-                    tokio::time::sleep_until(retry_at.into()).await;
-                }
-                Err(other) => panic!("unexpected connect error {other:?}"),
+    // The flood, twice: every Initial replayed to the victim from a silent
+    // relay, paced (4 datagrams a millisecond) so that the victim's socket
+    // buffer does not drop them.
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    for _round in 0..2 {
+        for (i, initial) in initials.iter().enumerate() {
+            if i % 4 == 0 {
+                pace.tick().await;
             }
+            let relay = &relays[i % relays.len()];
+            relay
+                .send_to(initial, victim.addr.addr)
+                .await
+                .expect("send");
+        }
+    }
+    // The replays hold half-open handshakes, but no more than `retry_above`:
+    // the rest were answered with a stateless Retry that nobody echoes.
+    guard("the replays take their share of slots", GUARD, async {
+        while victim_transport.handshakes_in_progress() < 64 {
+            tokio::task::yield_now().await;
         }
     })
     .await;
-    assert!(refused > 0, "the flood held every handshake slot at first");
-    // ...and once they time out it connects and exchanges messages.
+    assert_eq!(
+        victim_transport.handshakes_in_progress(),
+        64,
+        "replays from unproven addresses hold at most retry_above slots"
+    );
+
+    // The honest dialer gets in at once: no refusal, no backoff.
+    guard(
+        "the honest dialer connects",
+        GUARD,
+        good.mgr.connect(victim.addr),
+    )
+    .await
+    .expect("an honest dial succeeds while the replays hold their state");
     good.mgr
         .send(&victim.addr.peer, Bytes::from_static(b"hello"))
         .await
@@ -196,7 +221,7 @@ async fn half_open_handshake_flood_is_bounded_and_a_good_peer_gets_in() {
     assert_eq!(
         victim.mgr.peers(),
         vec![good.addr.peer],
-        "no half-open handshake became a peer"
+        "no replayed Initial became a peer"
     );
     assert_eq!(victim.mgr.open_connections(), 1);
     good.mgr.shutdown(Duration::from_secs(1)).await;

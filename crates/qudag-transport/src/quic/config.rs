@@ -31,6 +31,8 @@ pub struct QuicConfig {
     pub(crate) allow_list: Option<Vec<PeerId>>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_handshakes: usize,
+    pub(crate) retry_above: usize,
+    pub(crate) max_handshakes_per_ip: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) stream_receive_window: u32,
@@ -49,6 +51,11 @@ impl Default for QuicConfig {
             handshake_timeout: Duration::from_secs(10),
             // Each half-open handshake holds a few KiB of TLS and QUIC state.
             max_handshakes: 256,
+            // A quarter of the slots for attempts from unproven addresses:
+            // spoofed or replayed Initials can never hold the rest.
+            retry_above: 64,
+            // One address (a host, or a NAT) cannot take more than this.
+            max_handshakes_per_ip: 32,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             // One batch stream per direction: its window bounds the bytes in
@@ -85,6 +92,29 @@ impl QuicConfig {
     /// inbound connection (a dial-only endpoint). Default: 256.
     pub fn max_handshakes(&mut self, n: usize) -> &mut Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Inbound handshakes in progress from which on a new attempt whose
+    /// source address is not yet validated gets a stateless QUIC Retry
+    /// instead of a slot: the dialer must echo the Retry token (one extra
+    /// round trip) to prove it receives at its address. Replayed or spoofed
+    /// Initials never answer a Retry, so they can hold at most this many
+    /// slots; the rest of [`max_handshakes`](QuicConfig::max_handshakes)
+    /// stays for dialers that prove their address. `0` validates every
+    /// address (an extra round trip on every inbound connection). Default: 64.
+    pub fn retry_above(&mut self, n: usize) -> &mut Self {
+        self.retry_above = n;
+        self
+    }
+
+    /// Inbound handshakes in progress from one IP address at once; an
+    /// attempt beyond it is answered with a Retry if its address is not
+    /// validated yet, and refused (`CONNECTION_REFUSED`) if it is. Bounds
+    /// what one host (or one NAT) can hold of
+    /// [`max_handshakes`](QuicConfig::max_handshakes). Default: 32.
+    pub fn max_handshakes_per_ip(&mut self, n: usize) -> &mut Self {
+        self.max_handshakes_per_ip = n;
         self
     }
 

@@ -37,10 +37,22 @@
 //! # Handshake limits
 //!
 //! A background task owns the endpoint's accept loop. Each inbound attempt
-//! takes a slot out of [`QuicConfig::max_handshakes`] or is refused at once
-//! (`CONNECTION_REFUSED`, nothing queued); its handshake then runs in its own
-//! task under [`QuicConfig::handshake_timeout`], and the completed connection
-//! waits in a bounded backlog for [`accept`](Transport::accept). A failed or
+//! takes a slot out of [`QuicConfig::max_handshakes`] or is turned away
+//! statelessly, before any TLS work:
+//!
+//! - once [`QuicConfig::retry_above`] handshakes are in progress, an attempt
+//!   whose source address is not validated gets a QUIC Retry: the dialer
+//!   proves it receives at its address by echoing the token (one extra round
+//!   trip). Replayed or spoofed Initials never do, so they hold at most
+//!   `retry_above` slots and the rest stays for real dialers;
+//! - one source IP holds at most [`QuicConfig::max_handshakes_per_ip`]
+//!   slots (beyond it: a Retry if unvalidated, else refused);
+//! - with no slot free, a validated attempt is refused (`CONNECTION_REFUSED`,
+//!   nothing queued).
+//!
+//! The handshake then runs in its own task under
+//! [`QuicConfig::handshake_timeout`], and the completed connection waits in
+//! a bounded backlog for [`accept`](Transport::accept). A failed or
 //! timed-out inbound handshake is logged (`tracing`, debug) and not returned
 //! from `accept`.
 //!
@@ -81,8 +93,9 @@
 mod config;
 mod tls;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +145,7 @@ pub struct QuicTransport {
     allow: AllowList,
     incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConnection>>,
     shared: Arc<EndpointShared>,
+    admission: Arc<Admission>,
     accept_task: JoinHandle<()>,
 }
 
@@ -261,9 +275,16 @@ impl QuicTransport {
             closed_tx: watch::channel(false).0,
         });
         let (tx, rx) = mpsc::channel(config.accept_backlog);
+        let admission = Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(config.max_handshakes)),
+            per_ip: Mutex::new(HashMap::new()),
+            retry_above: config.retry_above,
+            max_per_ip: config.max_handshakes_per_ip,
+        });
         let accept_task = runtime.spawn(accept_loop(
             endpoint.clone(),
-            Arc::new(Semaphore::new(config.max_handshakes)),
+            admission.clone(),
+            config.max_handshakes,
             tx,
             config.handshake_timeout,
             shared.clone(),
@@ -278,6 +299,7 @@ impl QuicTransport {
             allow,
             incoming: tokio::sync::Mutex::new(rx),
             shared,
+            admission,
             accept_task,
         })
     }
@@ -286,6 +308,13 @@ impl QuicTransport {
     /// handshakes that have not yet verified the dialer's certificate.
     pub fn set_allow_list(&self, peers: Option<impl IntoIterator<Item = PeerId>>) {
         *self.allow.write() = peers.map(|p| p.into_iter().collect());
+    }
+
+    /// Inbound handshakes holding a slot of
+    /// [`max_handshakes`](QuicConfig::max_handshakes) now: in progress, or
+    /// done and waiting for [`accept`](Transport::accept).
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.config.max_handshakes - self.admission.slots.available_permits()
     }
 
     /// The configuration this endpoint was bound with.
@@ -541,20 +570,105 @@ async fn read_acceptance(conn: &quinn::Connection) -> Result<(), Acceptance> {
     }
 }
 
+/// Inbound handshakes in progress: in all, and per source IP.
+struct Admission {
+    slots: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    retry_above: usize,
+    max_per_ip: usize,
+}
+
+/// What the accept loop does with an inbound attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Start the handshake.
+    Accept,
+    /// Ask the dialer to prove its address first (stateless).
+    Retry,
+    /// Refuse at once (stateless).
+    Refuse,
+}
+
+/// The admission rule, apart from the state it reads: an attempt from an
+/// unproven address gets a Retry once `retry_above` handshakes are in
+/// progress, or once its IP holds `max_per_ip`; a proven one is refused if
+/// its IP holds `max_per_ip` or no slot is free.
+fn admit(validated: bool, in_progress: usize, free: usize, from_ip: usize, a: &Admission) -> Admit {
+    if !validated && (in_progress >= a.retry_above || from_ip >= a.max_per_ip) {
+        Admit::Retry
+    } else if free == 0 || from_ip >= a.max_per_ip {
+        Admit::Refuse
+    } else {
+        Admit::Accept
+    }
+}
+
+/// A handshake's hold on the admission state, given back on drop.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    admission: Arc<Admission>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_ip = self.admission.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
-    slots: Arc<Semaphore>,
+    admission: Arc<Admission>,
+    max: usize,
     tx: mpsc::Sender<QuicConnection>,
     timeout: Duration,
     shared: Arc<EndpointShared>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        let remote = incoming.remote_address();
+        let ip = remote.ip().to_canonical();
+        let slot = {
+            let mut per_ip = admission.per_ip.lock();
+            let free = admission.slots.available_permits();
+            let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+            let validated = incoming.remote_address_validated();
+            match admit(validated, max - free, free, from_ip, &admission) {
+                Admit::Accept => match admission.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        *per_ip.entry(ip).or_insert(0) += 1;
+                        Some(Slot {
+                            _permit: permit,
+                            ip,
+                            admission: admission.clone(),
+                        })
+                    }
+                    Err(_) => None,
+                },
+                Admit::Retry => {
+                    drop(per_ip);
+                    tracing::trace!(%remote, "handshakes pile up: validating the address first");
+                    if let Err(e) = incoming.retry() {
+                        // Cannot happen for an unvalidated address (quinn's
+                        // contract); refuse rather than hold state.
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                Admit::Refuse => None,
+            }
+        };
+        match slot {
+            Some(slot) => {
                 tokio::spawn(inbound(incoming, slot, tx.clone(), timeout, shared.clone()));
             }
-            Err(_) => {
-                tracing::debug!(remote = %incoming.remote_address(), "handshake limit reached; refusing");
+            None => {
+                tracing::debug!(%remote, "handshake limit reached; refusing");
                 incoming.refuse();
             }
         }
@@ -564,7 +678,7 @@ async fn accept_loop(
 /// Runs one inbound handshake under the timeout, then hands the connection to `accept`.
 async fn inbound(
     incoming: quinn::Incoming,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     tx: mpsc::Sender<QuicConnection>,
     timeout: Duration,
     shared: Arc<EndpointShared>,
@@ -807,6 +921,46 @@ mod tests {
     use std::time::Duration;
 
     const GUARD: Duration = Duration::from_secs(10);
+
+    fn admission(retry_above: usize, max_per_ip: usize) -> Admission {
+        Admission {
+            slots: Arc::new(Semaphore::new(0)),
+            per_ip: Mutex::new(HashMap::new()),
+            retry_above,
+            max_per_ip,
+        }
+    }
+
+    proptest::proptest! {
+        /// Unproven addresses never take a slot at or above `retry_above` or
+        /// beyond their IP's share, proven ones never beyond the free slots
+        /// or their IP's share, and nothing else is turned away.
+        #[test]
+        fn admission_rule(
+            validated: bool,
+            in_progress in 0usize..300,
+            free in 0usize..300,
+            from_ip in 0usize..50,
+            retry_above in 0usize..300,
+            max_per_ip in 0usize..50,
+        ) {
+            let a = admission(retry_above, max_per_ip);
+            let got = admit(validated, in_progress, free, from_ip, &a);
+            let over_ip = from_ip >= max_per_ip;
+            let expected = if !validated && (in_progress >= retry_above || over_ip) {
+                Admit::Retry
+            } else if free == 0 || over_ip {
+                Admit::Refuse
+            } else {
+                Admit::Accept
+            };
+            proptest::prop_assert_eq!(&got, &expected);
+            if got == Admit::Accept {
+                proptest::prop_assert!(free > 0 && from_ip < max_per_ip);
+                proptest::prop_assert!(validated || in_progress < retry_above);
+            }
+        }
+    }
 
     fn loopback() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 0))
