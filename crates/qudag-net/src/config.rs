@@ -37,6 +37,7 @@ pub struct ManagerConfig {
     pub(crate) max_redials: u32,
     pub(crate) unreachable_after: Duration,
     pub(crate) peer_idle_timeout: Duration,
+    pub(crate) event_capacity: usize,
     pub(crate) sinks: Vec<Arc<dyn MetricsSink>>,
 }
 
@@ -56,6 +57,7 @@ impl Default for ManagerConfig {
             max_redials: 5,
             unreachable_after: Duration::from_secs(10),
             peer_idle_timeout: Duration::from_secs(300),
+            event_capacity: 1024,
             sinks: Vec::new(),
         }
     }
@@ -75,6 +77,7 @@ impl fmt::Debug for ManagerConfig {
             .field("max_redials", &self.max_redials)
             .field("unreachable_after", &self.unreachable_after)
             .field("peer_idle_timeout", &self.peer_idle_timeout)
+            .field("event_capacity", &self.event_capacity)
             .field("sinks", &self.sinks.len())
             .finish()
     }
@@ -181,6 +184,14 @@ impl ManagerConfig {
     /// it delivered from the peer) goes with the task. Default: 300 s.
     pub fn peer_idle_timeout(&mut self, d: Duration) -> &mut Self {
         self.peer_idle_timeout = d;
+        self
+    }
+
+    /// State changes [`Events`](crate::Events) holds unread before it drops
+    /// the oldest and reports [`Event::Lagged`](crate::Event::Lagged).
+    /// Handed-back messages are never dropped. Default: 1024.
+    pub fn event_capacity(&mut self, n: usize) -> &mut Self {
+        self.event_capacity = n;
         self
     }
 

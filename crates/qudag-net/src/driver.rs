@@ -96,6 +96,8 @@ pub(crate) struct Driver {
     /// The last connection ended because the peer stopped acknowledging
     /// (the reason given if the messages go back).
     unresponsive: bool,
+    /// A connection was adopted at some point.
+    had_session: bool,
 }
 
 fn std_now() -> std::time::Instant {
@@ -147,6 +149,7 @@ impl Driver {
             quiet_since: None,
             winner_due: None,
             unresponsive: false,
+            had_session: false,
         };
         tokio::spawn(driver.run());
         peer
@@ -182,9 +185,7 @@ impl Driver {
             } else if self.quiet_since.is_none() {
                 self.quiet_since = Some(Instant::now());
             }
-            let retire_at = self
-                .quiet_since
-                .map(|t| t + self.shared.config.peer_idle_timeout);
+            let retire_at = self.quiet_since.map(|t| t + self.retire_after());
             tokio::select! {
                 biased;
                 ctl = self.ctl.recv() => match ctl {
@@ -275,6 +276,30 @@ impl Driver {
         }
         for ctl in late_ctl {
             let _ = next.ctl.send(ctl);
+        }
+    }
+
+    /// How long this driver stays with nothing to do before it retires. A
+    /// stranger (a peer the application never connected to) that never
+    /// exchanged a message keeps no state worth keeping: its driver retires
+    /// as soon as its connection is gone, or after the connect timeout if
+    /// its inbound set-up never completed. Any other peer is kept for
+    /// `peer_idle_timeout`, so that a resend after a lost connection is
+    /// still recognised as a duplicate.
+    fn retire_after(&self) -> std::time::Duration {
+        let stranger = !self.shared.is_known(&self.peer.id)
+            && self.outbox.next_number() == 0
+            && !self
+                .peer
+                .recv
+                .used
+                .load(std::sync::atomic::Ordering::Acquire);
+        if !stranger {
+            self.shared.config.peer_idle_timeout
+        } else if self.had_session {
+            std::time::Duration::ZERO
+        } else {
+            self.shared.config.connect_timeout
         }
     }
 
@@ -433,6 +458,7 @@ impl Driver {
     /// window holds is resent on it once the peer's RESUME arrives.
     fn adopt(&mut self, mut session: Session) {
         session.adopted_at = Instant::now();
+        self.had_session = true;
         self.winner_due = None;
         self.session = Some(session);
         self.outbox.connected();
@@ -604,6 +630,7 @@ impl Driver {
             .session
             .as_mut()
             .expect("may_send_new implies a session");
+        s.handle.mark_carried();
         let (first, msgs) = self.outbox.send(msgs, std_now());
         let (n, wire) = seal_batch(s, first, msgs, &self.peer.id)?;
         self.write_frame().await?;

@@ -39,24 +39,143 @@ pub enum Event {
         /// was lost). False means none of them reached the peer.
         maybe_delivered: bool,
     },
+    /// State changes were dropped because
+    /// [`event_capacity`](crate::ManagerConfig::event_capacity) of them
+    /// waited unread (see [`Events`], "Overflow"). The events that follow
+    /// are newer than the ones dropped. Never stands for an
+    /// [`Undelivered`](Event::Undelivered), which is never dropped.
+    Lagged {
+        /// How many state changes were dropped.
+        missed: u64,
+    },
 }
 
 /// The stream of [`Event`]s, taken once with
 /// [`ConnectionManager::events`](crate::ConnectionManager::events).
+///
+/// # Overflow
+///
+/// State changes are bounded: when
+/// [`event_capacity`](crate::ManagerConfig::event_capacity) of them wait
+/// unread, the oldest waiting one is dropped for each new one, and the next
+/// [`recv`](Events::recv) returns [`Event::Lagged`] with how many were
+/// dropped (the events after it are the newest). A peer that connects and
+/// leaves in a loop therefore cannot grow this queue, and an application
+/// that never reads it loses only old state changes. [`Event::Undelivered`]
+/// is never dropped: it carries messages `send` accepted, and the contract
+/// says each comes back or arrives.
 #[derive(Debug)]
 pub struct Events {
-    pub(crate) rx: mpsc::UnboundedReceiver<Event>,
+    pub(crate) queue: Arc<EventQueue>,
 }
 
 impl Events {
     /// The next event; `None` once the manager is shut down and every event was read.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        loop {
+            let notified = self.queue.notify.notified();
+            if let Some(next) = self.queue.pop() {
+                return next;
+            }
+            notified.await;
+        }
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        self.queue.pop().flatten()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // Nobody will read: stop queueing, and let go of what waits.
+        let mut q = self.queue.inner.lock();
+        q.receiver_gone = true;
+        q.events.clear();
+        q.states = 0;
+    }
+}
+
+/// The queue behind [`Events`]: bounded for state changes, unbounded for
+/// handed-back messages (see "Overflow" there).
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    inner: parking_lot::Mutex<QueueInner>,
+    notify: tokio::sync::Notify,
+    state_capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueInner {
+    events: std::collections::VecDeque<Event>,
+    /// `StateChanged` events in `events`.
+    states: usize,
+    /// State changes dropped since the last `Lagged` was handed out.
+    dropped: u64,
+    closed: bool,
+    receiver_gone: bool,
+}
+
+impl EventQueue {
+    pub(crate) fn new(state_capacity: usize) -> Arc<Self> {
+        Arc::new(EventQueue {
+            inner: parking_lot::Mutex::new(QueueInner::default()),
+            notify: tokio::sync::Notify::new(),
+            state_capacity: state_capacity.max(1),
+        })
+    }
+
+    /// Queues `event`, dropping the oldest waiting state change if state
+    /// changes are at capacity. Nothing is queued once closed or unread.
+    pub(crate) fn push(&self, event: Event) {
+        let mut q = self.inner.lock();
+        if q.closed || q.receiver_gone {
+            return;
+        }
+        if matches!(event, Event::StateChanged { .. }) {
+            if q.states >= self.state_capacity {
+                if let Some(i) = q
+                    .events
+                    .iter()
+                    .position(|e| matches!(e, Event::StateChanged { .. }))
+                {
+                    q.events.remove(i);
+                    q.states -= 1;
+                    q.dropped += 1;
+                }
+            }
+            q.states += 1;
+        }
+        q.events.push_back(event);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// No more events: `recv` ends once the queue is read.
+    pub(crate) fn close(&self) {
+        self.inner.lock().closed = true;
+        self.notify.notify_one();
+    }
+
+    /// `Some(Some(event))`: the next one; `Some(None)`: closed and empty
+    /// (the stream ended); `None`: nothing yet.
+    fn pop(&self) -> Option<Option<Event>> {
+        let mut q = self.inner.lock();
+        if q.dropped > 0 {
+            let missed = std::mem::take(&mut q.dropped);
+            return Some(Some(Event::Lagged { missed }));
+        }
+        match q.events.pop_front() {
+            Some(e) => {
+                if matches!(e, Event::StateChanged { .. }) {
+                    q.states -= 1;
+                }
+                Some(Some(e))
+            }
+            None if q.closed => Some(None),
+            None => None,
+        }
     }
 }
 

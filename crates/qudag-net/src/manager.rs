@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
+use crate::event::EventQueue;
 use crate::session::{self, CloseCode, Delivery, Pooled};
 use crate::{
     Event, Events, Incoming, ManagerConfig, NetError, SendError, SendManyError, SendManyReason,
@@ -36,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) peers: DashMap<PeerId, Arc<Peer>, PeerHasher>,
     /// Addresses the application connected to; they outlive retired drivers.
     addrs: DashMap<PeerId, SocketAddr, PeerHasher>,
+    /// Inbound sessions of strangers, oldest first: the ones that never
+    /// carried a message may be evicted to make room under the limit.
+    unproven: Mutex<std::collections::VecDeque<std::sync::Weak<session::SessionHandle>>>,
     pub(crate) pool: Pool<Pooled>,
     pub(crate) limiter: Limiter,
     pub(crate) backoff: Backoff,
@@ -43,8 +47,8 @@ pub(crate) struct Shared {
     pub(crate) sink: Arc<dyn MetricsSink>,
     /// Taken at shutdown, so that `Incoming` ends once the readers are gone.
     pub(crate) incoming_tx: Mutex<Option<mpsc::Sender<Delivery>>>,
-    /// Taken when `shutdown` is done, so that `Events` ends after what it holds.
-    events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+    /// Closed when `shutdown` is done, so that `Events` ends after what it holds.
+    events: Arc<EventQueue>,
     pub(crate) pool_changed: Notify,
     pub(crate) codec_limits: CodecLimits,
     shutting_down: AtomicBool,
@@ -54,29 +58,72 @@ pub(crate) struct Shared {
 impl Shared {
     /// Publishes an event to the application's `Events`, if it still listens.
     pub(crate) fn emit(&self, event: Event) {
-        if let Some(tx) = &*self.events_tx.lock() {
-            let _ = tx.send(event);
-        }
+        self.events.push(event);
     }
 
-    /// A dial permit, evicting idle pooled connections (least recently used
-    /// first) while the connection limit is what stands in the way.
+    /// True if the application connected to `peer` (it is not a stranger).
+    pub(crate) fn is_known(&self, peer: &PeerId) -> bool {
+        self.addrs.contains_key(peer)
+    }
+
+    /// Makes room for one connection under the limit: closes the least
+    /// recently used idle pooled connection, or else the oldest inbound
+    /// session of a stranger that never carried a message. False if there
+    /// is neither.
+    fn make_room(&self) -> bool {
+        if let Some((peer, handle)) = self.pool.evict_lru() {
+            tracing::debug!(%peer, "evicting idle pooled connection to make room");
+            self.sink
+                .connection_closed(qudag_metrics::CloseKind::Evicted);
+            handle.0.evict();
+            return true;
+        }
+        let mut unproven = self.unproven.lock();
+        while let Some(weak) = unproven.pop_front() {
+            let Some(handle) = weak.upgrade() else {
+                continue;
+            };
+            let peer = handle.conn.peer();
+            if !handle.conn.is_alive() || handle.carried() || self.is_known(&peer) {
+                // Never a candidate again: it carried a message, or is gone.
+                continue;
+            }
+            drop(unproven);
+            tracing::debug!(%peer, "evicting a stranger's idle session to make room");
+            self.sink
+                .connection_closed(qudag_metrics::CloseKind::Evicted);
+            handle.evict();
+            return true;
+        }
+        false
+    }
+
+    /// Remembers an inbound session of a stranger as a candidate for
+    /// eviction, dropping candidates that no longer are once the list
+    /// outgrows the connection limit (so it stays O(limit)).
+    fn track_unproven(&self, handle: &Arc<session::SessionHandle>) {
+        let mut unproven = self.unproven.lock();
+        if unproven.len() >= 2 * self.limiter.max_connections().max(1) {
+            unproven.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|h| h.conn.is_alive() && !h.carried())
+            });
+        }
+        unproven.push_back(Arc::downgrade(handle));
+    }
+
+    /// A dial permit, making room (see `make_room`) while the connection
+    /// limit is what stands in the way.
     pub(crate) fn dial_permit(&self) -> Result<DialPermit, NetError> {
         loop {
             match self.limiter.try_dial() {
                 Ok(p) => return Ok(p),
-                Err(LimitError::Connections { max }) => match self.pool.evict_lru() {
-                    Some((peer, handle)) => {
-                        tracing::debug!(%peer, "evicting idle pooled connection to make room");
-                        self.sink
-                            .connection_closed(qudag_metrics::CloseKind::Evicted);
-                        handle.0.evict();
-                    }
-                    None => {
+                Err(LimitError::Connections { max }) => {
+                    if !self.make_room() {
                         self.sink.error(ErrorKind::LimitReached);
                         return Err(NetError::Limit(LimitError::Connections { max }));
                     }
-                },
+                }
                 Err(e) => {
                     self.sink.error(ErrorKind::LimitReached);
                     return Err(NetError::Limit(e));
@@ -109,19 +156,15 @@ impl Shared {
         }
         let slot = match self.limiter.try_accept() {
             Ok(s) => s,
+            // Make room (an idle pooled connection, or a stranger's idle
+            // session), once.
             Err(e) => {
-                // Make room by evicting an idle pooled connection, once.
-                match self.pool.evict_lru() {
-                    Some((_, h)) => {
-                        self.sink
-                            .connection_closed(qudag_metrics::CloseKind::Evicted);
-                        h.0.evict();
-                        match self.limiter.try_accept() {
-                            Ok(s) => s,
-                            Err(e) => return self.refuse(conn, e),
-                        }
-                    }
-                    None => return self.refuse(conn, e),
+                if !self.make_room() {
+                    return self.refuse(conn, e);
+                }
+                match self.limiter.try_accept() {
+                    Ok(s) => s,
+                    Err(e) => return self.refuse(conn, e),
                 }
             }
         };
@@ -149,6 +192,9 @@ impl Shared {
             .await;
             match setup {
                 Ok(Ok(session)) => {
+                    if !shared.is_known(&id) {
+                        shared.track_unproven(&session.handle);
+                    }
                     if let Err(e) = peer.ctl.send(Ctl::Inbound(session)) {
                         // The driver retired meanwhile: close what it will not take.
                         if let Ctl::Inbound(session) = e.0 {
@@ -246,7 +292,7 @@ impl ConnectionManager {
             Arc::new(FanOut::new(all))
         };
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let events = EventQueue::new(config.event_capacity);
         let shared = Arc::new(Shared {
             local: transport.local_peer(),
             incarnation: new_incarnation(),
@@ -258,10 +304,11 @@ impl ConnectionManager {
             config,
             peers: DashMap::with_hasher(PeerHasher::default()),
             addrs: DashMap::with_hasher(PeerHasher::default()),
+            unproven: Mutex::new(std::collections::VecDeque::new()),
             metrics,
             sink: sink.clone(),
             incoming_tx: Mutex::new(Some(incoming_tx)),
-            events_tx: Mutex::new(Some(events_tx)),
+            events: events.clone(),
             pool_changed: Notify::new(),
             shutting_down: AtomicBool::new(false),
             stop: Notify::new(),
@@ -274,7 +321,7 @@ impl ConnectionManager {
                 current: None,
                 sink,
             }))),
-            events: Arc::new(Mutex::new(Some(Events { rx: events_rx }))),
+            events: Arc::new(Mutex::new(Some(Events { queue: events }))),
             _guard: Arc::new(DropGuard(shared.clone())),
             shared,
         }
@@ -609,7 +656,7 @@ impl ConnectionManager {
         // The readers are gone with their sessions: dropping the last sender
         // lets `Incoming` end after what it holds.
         self.shared.incoming_tx.lock().take();
-        self.shared.events_tx.lock().take();
+        self.shared.events.close();
         ShutdownReport {
             peers_closed: closed,
         }

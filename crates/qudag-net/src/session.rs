@@ -63,11 +63,22 @@ impl CloseCode {
 pub(crate) struct SessionHandle {
     pub(crate) conn: Arc<dyn Connection>,
     slot: Mutex<Option<ConnectionSlot>>,
+    signals: Arc<Signals>,
 }
 
 impl SessionHandle {
     pub(crate) fn close(&self, code: CloseCode) {
         self.conn.close(code as u32, code.reason());
+    }
+
+    /// True once a message went either way on this connection.
+    pub(crate) fn carried(&self) -> bool {
+        self.signals.carried.load(Ordering::Acquire)
+    }
+
+    /// Marks that a message went out on this connection.
+    pub(crate) fn mark_carried(&self) {
+        self.signals.carried.store(true, Ordering::Release);
     }
 
     /// Closes the connection and gives its limit slot back at once (eviction).
@@ -136,6 +147,9 @@ pub(crate) struct RecvState {
     /// cancelled hand-off commits nothing.
     inbox: tokio::sync::Mutex<Inbox>,
     pub(crate) taken: Mutex<Taken>,
+    /// A BATCH from the peer was opened: forgetting this state could let a
+    /// resend be delivered twice.
+    pub(crate) used: std::sync::atomic::AtomicBool,
     /// Wakes the driver: the application took messages to acknowledge.
     pub(crate) wake: Notify,
 }
@@ -145,6 +159,7 @@ impl RecvState {
         Arc::new(RecvState {
             inbox: tokio::sync::Mutex::new(Inbox::new()),
             taken: Mutex::new(Taken::default()),
+            used: std::sync::atomic::AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -153,7 +168,7 @@ impl RecvState {
 /// What a connection's reader tells the peer's driver. Published, not
 /// queued: however many frames the peer sends, this holds O(1) state, and
 /// one `Notify` permit wakes the driver.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Signals {
     /// The peer's RESUME on this connection, until the driver takes it.
     resume: Mutex<Option<Resume>>,
@@ -161,6 +176,9 @@ pub(crate) struct Signals {
     acked: AtomicU64,
     /// Why the connection ended, once it did.
     ended: Mutex<Option<SessionEnd>>,
+    /// A message went either way on this connection: it is not an idle
+    /// stranger's session (which may be evicted to make room).
+    carried: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -297,6 +315,7 @@ pub(crate) async fn establish(
         handle: Arc::new(SessionHandle {
             conn,
             slot: Mutex::new(Some(slot)),
+            signals: signals.clone(),
         }),
         writer,
         sealer,
@@ -433,6 +452,8 @@ async fn read_frames(
                     opener
                         .open_in_place(seq, aad, body, tag)
                         .map_err(open_error)?;
+                    ctx.recv.used.store(true, Ordering::Release);
+                    signals.carried.store(true, Ordering::Release);
                     let wire = sealed.frame_len();
                     let mut messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;

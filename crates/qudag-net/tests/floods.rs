@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qudag_net::{
-    ConnectionManager, Identity, ManagerConfig, MemoryNetwork, NetError, PeerAddr, QuicConfig,
-    QuicTransport, Transport,
+    ConnState, ConnectionManager, Event, Identity, ManagerConfig, MemoryNetwork, NetError,
+    PeerAddr, QuicConfig, QuicTransport, Transport,
 };
-use support::{guard, memory_node, quic_node};
+use support::{guard, memory_node, quic_node, raw_session, rss_bytes};
+use tokio::io::AsyncReadExt;
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -26,6 +27,7 @@ const GUARD: Duration = Duration::from_secs(60);
 /// shutdown leaves none taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_connects_never_exceed_the_limit() {
+    let _serial = SERIAL.lock().await;
     const PEERS: usize = 1_000;
     const LIMIT: usize = 100;
     let net = MemoryNetwork::new();
@@ -115,6 +117,7 @@ fn dcid(datagram: &[u8]) -> Option<Vec<u8>> {
 /// and none of the replays becomes a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_initials_do_not_lock_out_an_honest_dialer() {
+    let _serial = SERIAL.lock().await;
     const FLOOD: usize = 272;
     const SOURCES: u8 = 8;
     let quic = QuicConfig::default();
@@ -225,5 +228,245 @@ async fn replayed_initials_do_not_lock_out_an_honest_dialer() {
     );
     assert_eq!(victim.mgr.open_connections(), 1);
     good.mgr.shutdown(Duration::from_secs(1)).await;
+    victim.mgr.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `n` strangers named `{prefix}-{i}`, 32 at a time, each connects to
+/// `to`, sends its RESUME, reads the victim's (the victim took the session
+/// on) and leaves.
+async fn leave_in_a_loop(net: &MemoryNetwork, to: PeerAddr, prefix: &str, n: usize) {
+    const AT_ONCE: usize = 32;
+    let mut next = 0;
+    let mut running = tokio::task::JoinSet::new();
+    while next < n || !running.is_empty() {
+        while next < n && running.len() < AT_ONCE {
+            let (net, name) = (net.clone(), format!("{prefix}-{next}"));
+            running.spawn(async move {
+                let mut s = raw_session(&net, &name, to).await.expect("dial");
+                let mut resume = [0u8; qudag_batch::RESUME_FRAME_LEN];
+                s.reader
+                    .read_exact(&mut resume)
+                    .await
+                    .expect("victim's RESUME");
+                s.conn.close(0, b"bye");
+            });
+            next += 1;
+        }
+        guard("a session ends", GUARD, running.join_next())
+            .await
+            .expect("running")
+            .expect("session task");
+    }
+}
+
+/// Serialises the tests of this file that read the process's RSS (the
+/// others would move it).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits (yielding) until `f` holds, bounded by the guard.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    guard(what, GUARD, async {
+        while !f() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// The review's attack: 1,024 fresh identities connect and idle, filling
+/// the default connection limit (1,024). Before, honest peers were refused
+/// (close code 7) for as long as they stayed. Now the oldest idle session of
+/// a stranger is evicted to make room: an honest dialer gets in and
+/// exchanges messages, the victim can still dial out, and once the honest
+/// peer carried a message, more throwaways evict each other, never it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throwaway_identities_cannot_lock_out_an_honest_peer() {
+    let _serial = SERIAL.lock().await;
+    const THROWAWAYS: usize = 1_024;
+    let net = MemoryNetwork::new();
+    let mut victim = memory_node(&net, "victim", ManagerConfig::default());
+    let limit = 1_024; // PoolConfig's default max_connections
+    let mut held = Vec::new();
+    for i in 0..THROWAWAYS {
+        let s = raw_session(&net, &format!("throwaway-{i}"), victim.addr)
+            .await
+            .expect("a throwaway gets in while there is room");
+        held.push(s);
+    }
+    let mgr = victim.mgr.clone();
+    until("the throwaways hold every slot", || {
+        mgr.open_connections() == limit
+    })
+    .await;
+
+    // An honest peer dials in and exchanges messages both ways.
+    let mut honest = memory_node(&net, "honest", ManagerConfig::default());
+    guard(
+        "the honest peer connects",
+        GUARD,
+        honest.mgr.connect(victim.addr),
+    )
+    .await
+    .expect("an honest dial is not refused");
+    honest
+        .mgr
+        .send(&victim.addr.peer, Bytes::from_static(b"hello"))
+        .await
+        .expect("accepted");
+    let (from, m) = guard("the honest message arrives", GUARD, victim.incoming.recv())
+        .await
+        .expect("victim alive");
+    assert_eq!((from, &m[..]), (honest.addr.peer, &b"hello"[..]));
+    victim
+        .mgr
+        .send(&honest.addr.peer, Bytes::from_static(b"welcome"))
+        .await
+        .expect("accepted");
+    let (from, m) = guard("the reply arrives", GUARD, honest.incoming.recv())
+        .await
+        .expect("honest alive");
+    assert_eq!((from, &m[..]), (victim.addr.peer, &b"welcome"[..]));
+
+    // The victim can still dial out.
+    let other = memory_node(&net, "other", ManagerConfig::default());
+    guard(
+        "the victim dials out",
+        GUARD,
+        victim.mgr.connect(other.addr),
+    )
+    .await
+    .expect("an outbound dial makes room too");
+
+    // More throwaways evict each other, never the peer that carried
+    // messages; each is in once the victim's RESUME reaches it.
+    for i in 0..100 {
+        let mut s = raw_session(&net, &format!("late-throwaway-{i}"), victim.addr)
+            .await
+            .expect("dial");
+        let mut resume = [0u8; qudag_batch::RESUME_FRAME_LEN];
+        guard(
+            "the victim takes the session on",
+            GUARD,
+            s.reader.read_exact(&mut resume),
+        )
+        .await
+        .expect("victim's RESUME");
+        held.push(s);
+    }
+    assert_eq!(mgr.open_connections(), limit);
+    assert_eq!(
+        victim.mgr.status(&honest.addr.peer),
+        Some(ConnState::Connected)
+    );
+    assert_eq!(
+        victim.mgr.status(&other.addr.peer),
+        Some(ConnState::Connected)
+    );
+    honest
+        .mgr
+        .send(&victim.addr.peer, Bytes::from_static(b"still here"))
+        .await
+        .expect("accepted");
+    let (from, m) = guard(
+        "the honest peer is still served",
+        GUARD,
+        victim.incoming.recv(),
+    )
+    .await
+    .expect("victim alive");
+    assert_eq!((from, &m[..]), (honest.addr.peer, &b"still here"[..]));
+    // Room was made 102 times (the honest peer, the dial out, 100 late
+    // throwaways), each time by evicting a throwaway.
+    let evicted = victim
+        .mgr
+        .metrics_snapshot()
+        .closes
+        .get(qudag_metrics::CloseKind::Evicted);
+    eprintln!("throwaways: {evicted} of {} evicted", held.len());
+    assert_eq!(evicted, 102, "one eviction per newcomer");
+    until("the evicted throwaways see their close", || {
+        held.iter().filter(|s| !s.conn.is_alive()).count() == 102
+    })
+    .await;
+    drop(held);
+    honest.mgr.shutdown(Duration::from_secs(1)).await;
+    victim.mgr.shutdown(Duration::from_secs(1)).await;
+    other.mgr.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The review's attack: 10,000 identities connect, send their RESUME and
+/// leave, while the application (like `qudag-node listen`) never reads its
+/// events. Before, each kept a driver for `peer_idle_timeout` (300 s) and
+/// three state changes each piled up in an unbounded queue. Now a stranger
+/// that exchanged no message is forgotten as soon as it leaves, and the
+/// event queue holds at most `event_capacity` state changes (then reports
+/// `Lagged`). RSS after 10,000 sessions is where it was, within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_leave_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    const SESSIONS: usize = 10_000;
+    const WARMUP: usize = 1_000;
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    let event_capacity = 1_024;
+    config.event_capacity(event_capacity);
+    let mut victim = memory_node(&net, "victim", config);
+    let mgr = victim.mgr.clone();
+    // A warm-up round first, so that the allocator's arenas and the
+    // runtime's pools have grown; then RSS measures what sessions leave.
+    leave_in_a_loop(&net, victim.addr, "warmup", WARMUP).await;
+    until("the warm-up strangers are forgotten", || {
+        mgr.peers().is_empty() && mgr.open_connections() == 0
+    })
+    .await;
+    let rss_before = rss_bytes();
+    let memory_before = victim.mgr.metrics_snapshot().memory_bytes;
+    leave_in_a_loop(&net, victim.addr, "leaver", SESSIONS).await;
+    assert_eq!(
+        victim
+            .mgr
+            .metrics_snapshot()
+            .state_entries
+            .get(qudag_metrics::ConnState::Connected),
+        (WARMUP + SESSIONS) as u64,
+        "every stranger got a session"
+    );
+    until("every stranger is forgotten", || {
+        mgr.peers().is_empty() && mgr.open_connections() == 0
+    })
+    .await;
+    let rss_after = rss_bytes();
+
+    let (mut states, mut lagged, mut other) = (0usize, 0u64, 0usize);
+    while let Some(ev) = victim.events.try_recv() {
+        match ev {
+            Event::StateChanged { .. } => states += 1,
+            Event::Lagged { missed } => lagged += missed,
+            _ => other += 1,
+        }
+    }
+    eprintln!("connect-and-leave: {states} state changes queued, {lagged} dropped as lagged");
+    assert!(states <= event_capacity, "{states} state changes queued");
+    assert!(lagged > 0, "older state changes were dropped and reported");
+    assert_eq!(other, 0, "nothing was handed back");
+    let memory_after = victim.mgr.metrics_snapshot().memory_bytes;
+    assert_eq!(memory_after, memory_before, "the memory gauge is back");
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        let grown = after.saturating_sub(before);
+        // What may stay: the event queue (event_capacity events) and
+        // allocator noise; 16 MiB of slack (the review measured 91 MB for
+        // 10,000 sessions before).
+        let bound = (event_capacity * 256) as u64 + (16 << 20);
+        eprintln!(
+            "connect-and-leave: RSS grew {} KiB (bound {} KiB)",
+            grown / 1024,
+            bound / 1024
+        );
+        assert!(grown < bound, "RSS grew {grown} bytes, over {bound}");
+    }
+    assert!(
+        victim.incoming.try_recv().is_none(),
+        "nothing was delivered"
+    );
     victim.mgr.shutdown(Duration::from_secs(1)).await;
 }

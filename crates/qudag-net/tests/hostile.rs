@@ -23,7 +23,7 @@ use qudag_net::{
     CloseReason, ConnState, Connection, ManagerConfig, MemoryNetwork, MemoryTransport, NetError,
     PeerAddr, PeerId, QuicConfig, QuicTransport, Transport, TransportError,
 };
-use support::{guard, memory_node, quic_node, Node};
+use support::{guard, memory_node, quic_node, rss_bytes, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -389,13 +389,6 @@ async fn certificate_for_another_key_is_refused_before_any_message() {
         !impostor.mgr.peers().contains(&dialer.addr.peer),
         "the impostor never learned the dialer as a peer"
     );
-}
-
-/// The process's resident set, from /proc (Linux); `None` elsewhere.
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// How the attacker floods its ACKs.

@@ -11,6 +11,7 @@
 //!   data is discarded, as QUIC's CONNECTION_CLOSE does), and each side's
 //!   [`Connection::close_reason`] says who closed and why;
 //! - dropping the last handle of a connection closes it (code 0, "dropped");
+//! - dropping a [`MemoryTransport`] closes it, as [`Transport::close`] does;
 //! - dropping a stream's writer is a clean end of stream for the reader.
 //!
 //! Faults ([`MemoryNetwork`] methods): refuse the next N dials to a peer, delay
@@ -219,11 +220,30 @@ struct Endpoint {
     links: Mutex<Vec<Weak<Link>>>,
 }
 
+/// Remembers `link` in a list of weak links, first dropping the ones that
+/// ended whenever the list would grow: a long-lived endpoint with many
+/// short connections keeps O(live connections), not one entry per
+/// connection ever made.
+fn track(links: &mut Vec<Weak<Link>>, link: &Arc<Link>) {
+    if links.len() == links.capacity() {
+        links.retain(|w| w.strong_count() > 0);
+    }
+    links.push(Arc::downgrade(link));
+}
+
 /// One endpoint of a [`MemoryNetwork`]; its semantics are described there and in the crate docs.
 pub struct MemoryTransport {
     net: MemoryNetwork,
     ep: Arc<Endpoint>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<MemoryConnection>>,
+}
+
+impl Drop for MemoryTransport {
+    /// Closes the endpoint, as [`Transport::close`] does (like dropping a
+    /// `QuicTransport`): its address is free again and its connections end.
+    fn drop(&mut self) {
+        Transport::close(self);
+    }
 }
 
 impl fmt::Debug for MemoryTransport {
@@ -340,9 +360,9 @@ impl Transport for MemoryTransport {
                 detail: "accept backlog full".into(),
             });
         }
-        self.ep.links.lock().push(Arc::downgrade(&link));
-        target.links.lock().push(Arc::downgrade(&link));
-        self.net.inner.links.lock().push(Arc::downgrade(&link));
+        for links in [&self.ep.links, &target.links, &self.net.inner.links] {
+            track(&mut links.lock(), &link);
+        }
         Ok(Arc::new(MemoryConnection {
             link,
             side: Side::Dialer,

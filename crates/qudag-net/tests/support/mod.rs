@@ -182,3 +182,50 @@ pub(crate) fn handed_back(events: &mut Events) -> Vec<(Bytes, bool, UndeliveredR
     }
     out
 }
+
+/// A raw session to `to` from a fresh identity on `net`: dialed, its stream
+/// opened and a RESUME written, nothing else (a stranger that idles, or
+/// leaves when the returned parts are dropped).
+pub(crate) struct RawSession {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) conn: Arc<dyn qudag_net::Connection>,
+    pub(crate) writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    pub(crate) reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+}
+
+/// Opens a [`RawSession`] from the identity named `name`.
+pub(crate) async fn raw_session(
+    net: &MemoryNetwork,
+    name: &str,
+    to: PeerAddr,
+) -> Result<RawSession, qudag_net::NetError> {
+    use tokio::io::AsyncWriteExt;
+    let t: Arc<dyn Transport> = Arc::new(net.bind(PeerId::from_public_key(name.as_bytes())));
+    let conn = t.dial(&to).await?;
+    let (mut writer, reader) = conn.open_stream().await?;
+    let mut resume = bytes::BytesMut::new();
+    qudag_batch::encode_resume_frame(
+        &qudag_batch::Resume {
+            incarnation: 1,
+            known: 0,
+            next: 0,
+        },
+        &mut resume,
+    );
+    writer.write_all(&resume).await.map_err(|e| {
+        qudag_net::NetError::Transport(qudag_net::TransportError::Setup(e.to_string()))
+    })?;
+    Ok(RawSession {
+        transport: t,
+        conn,
+        writer,
+        reader,
+    })
+}
+
+/// The process's resident set in bytes, from /proc (Linux); `None` elsewhere.
+pub(crate) fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
