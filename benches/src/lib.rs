@@ -256,5 +256,5 @@ pub fn quic_manager(
     let id = Identity::generate()?;
     let transport = Arc::new(QuicTransport::bind(loopback(), &id, quic)?);
     let addr = PeerAddr::new(id.peer_id(), qudag_net::Transport::local_addr(&*transport));
-    Ok((ConnectionManager::new(config, transport), addr))
+    Ok((ConnectionManager::new(config, transport)?, addr))
 }

@@ -313,7 +313,10 @@ impl<M> Outbox<M> {
         if !self.live || self.window.len() == self.stale {
             return None;
         }
-        self.window.front().map(|e| e.written_at + timeout)
+        // A deadline past what `Instant` can hold is no deadline.
+        self.window
+            .front()
+            .and_then(|e| e.written_at.checked_add(timeout))
     }
 
     /// Hands back every unacknowledged message, in order (the caller gives

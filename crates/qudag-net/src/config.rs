@@ -8,11 +8,23 @@ use qudag_batch::BatchConfig;
 use qudag_metrics::MetricsSink;
 use qudag_pool::{BackoffConfig, PoolConfig};
 
+/// The longest duration a [`ManagerConfig`] accepts for any of its
+/// timeouts: 30 days. Longer ones are refused by
+/// [`validate`](ManagerConfig::validate), so that no deadline computed from
+/// them can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The largest capacity (queue, incoming, unacked batches, events) a
+/// [`ManagerConfig`] accepts: 2^24.
+pub const MAX_CAPACITY: usize = 1 << 24;
+
 /// Configuration of a [`ConnectionManager`](crate::ConnectionManager).
 ///
 /// `Default` gives the production defaults listed on each setter. Setters
 /// take `&mut self` and return `&mut Self`, so a config can be built in
-/// place and reused.
+/// place and reused. Setters never panic: values are checked together by
+/// [`validate`](ManagerConfig::validate), which
+/// [`ConnectionManager::new`](crate::ConnectionManager::new) calls.
 ///
 /// # Examples
 ///
@@ -23,6 +35,10 @@ use qudag_pool::{BackoffConfig, PoolConfig};
 /// let mut config = ManagerConfig::default();
 /// config.queue_capacity(1024).ack_timeout(Duration::from_secs(5));
 /// config.batch_mut().policy(FlushPolicy::Fixed);
+/// assert!(config.validate().is_ok());
+///
+/// config.queue_capacity(0);
+/// assert!(config.validate().is_err());
 /// ```
 #[derive(Clone)]
 pub struct ManagerConfig {
@@ -103,41 +119,30 @@ impl ManagerConfig {
 
     /// Messages each peer's send queue holds before `send` waits and
     /// `try_send` returns `Full`. Default: 8192.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is zero.
+    /// Between 1 and [`MAX_CAPACITY`] ([`validate`](Self::validate)).
     pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
-        assert!(n > 0, "queue capacity must be at least 1");
         self.queue_capacity = n;
         self
     }
 
     /// Received batches buffered for the application before readers stop
     /// reading (and QUIC flow control pushes back on the senders). Default: 256.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is zero.
+    /// Between 1 and [`MAX_CAPACITY`] ([`validate`](Self::validate)).
     pub fn incoming_capacity(&mut self, n: usize) -> &mut Self {
-        assert!(n > 0, "incoming capacity must be at least 1");
         self.incoming_capacity = n;
         self
     }
 
     /// Batches written but not yet acknowledged per connection before the
     /// writer stops taking messages from the queue. Default: 32.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is zero.
+    /// Between 1 and [`MAX_CAPACITY`] ([`validate`](Self::validate)).
     pub fn max_unacked_batches(&mut self, n: usize) -> &mut Self {
-        assert!(n > 0, "max unacked batches must be at least 1");
         self.max_unacked_batches = n;
         self
     }
 
     /// Time allowed for a dial plus session set-up. Default: 5 s.
+    /// Positive and at most [`MAX_DURATION`].
     pub fn connect_timeout(&mut self, d: Duration) -> &mut Self {
         self.connect_timeout = d;
         self
@@ -147,7 +152,7 @@ impl ManagerConfig {
     /// on a new connection) is older than this is closed as unresponsive; the
     /// session goes on over a redial, and the batches are handed back only
     /// if [`unreachable_after`](Self::unreachable_after) passes without
-    /// progress. Default: 15 s.
+    /// progress. Default: 15 s. Positive and at most [`MAX_DURATION`].
     pub fn ack_timeout(&mut self, d: Duration) -> &mut Self {
         self.ack_timeout = d;
         self
@@ -170,7 +175,8 @@ impl ManagerConfig {
     /// connect timeout. Keep it below the peers'
     /// [`peer_idle_timeout`](Self::peer_idle_timeout): a peer forgets a
     /// sender's session after that, and a resend after it could be delivered
-    /// twice. Default: 10 s.
+    /// twice ([`validate`](Self::validate) refuses a value that is not
+    /// below it). Default: 10 s. Positive and at most [`MAX_DURATION`].
     pub fn unreachable_after(&mut self, d: Duration) -> &mut Self {
         self.unreachable_after = d;
         self
@@ -181,7 +187,10 @@ impl ManagerConfig {
     /// seen once do not cost memory forever. Peers the application
     /// [`connect`](crate::ConnectionManager::connect)ed to keep their address,
     /// and `send` to them starts a new task. The peer's session state (what
-    /// it delivered from the peer) goes with the task. Default: 300 s.
+    /// it delivered from the peer) goes with the task. A stranger (a peer
+    /// the application never connected to) that exchanged no message is
+    /// forgotten as soon as its connection is gone. Default: 300 s.
+    /// Positive and at most [`MAX_DURATION`].
     pub fn peer_idle_timeout(&mut self, d: Duration) -> &mut Self {
         self.peer_idle_timeout = d;
         self
@@ -189,7 +198,8 @@ impl ManagerConfig {
 
     /// State changes [`Events`](crate::Events) holds unread before it drops
     /// the oldest and reports [`Event::Lagged`](crate::Event::Lagged).
-    /// Handed-back messages are never dropped. Default: 1024.
+    /// Handed-back messages are never dropped. Default: 1024. Between 1 and
+    /// [`MAX_CAPACITY`].
     pub fn event_capacity(&mut self, n: usize) -> &mut Self {
         self.event_capacity = n;
         self
@@ -200,4 +210,85 @@ impl ManagerConfig {
         self.sinks.push(sink);
         self
     }
+}
+
+impl ManagerConfig {
+    /// Checks the configuration as a whole: the batch configuration
+    /// ([`BatchConfig::validate`]), every capacity between 1 and
+    /// [`MAX_CAPACITY`], every timeout positive and at most
+    /// [`MAX_DURATION`], and `unreachable_after` below `peer_idle_timeout`.
+    /// The pool and backoff settings take any value (see their setters).
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.batch.validate()?;
+        for (field, value) in [
+            ("queue_capacity", self.queue_capacity),
+            ("incoming_capacity", self.incoming_capacity),
+            ("max_unacked_batches", self.max_unacked_batches),
+            ("event_capacity", self.event_capacity),
+        ] {
+            if !(1..=MAX_CAPACITY).contains(&value) {
+                return Err(ConfigError::Capacity { field, value });
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("ack_timeout", self.ack_timeout),
+            ("unreachable_after", self.unreachable_after),
+            ("peer_idle_timeout", self.peer_idle_timeout),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return Err(ConfigError::Duration { field, value });
+            }
+        }
+        if self.unreachable_after >= self.peer_idle_timeout {
+            return Err(ConfigError::UnreachableAfterIdle {
+                unreachable_after: self.unreachable_after,
+                peer_idle_timeout: self.peer_idle_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`ManagerConfig`] is invalid, from [`ManagerConfig::validate`] and
+/// [`ConnectionManager::new`](crate::ConnectionManager::new).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The batch configuration is invalid.
+    #[error("batch configuration: {0}")]
+    Batch(#[from] qudag_batch::ConfigError),
+    /// A capacity is 0 or above [`MAX_CAPACITY`].
+    #[error("{field} must be between 1 and {MAX_CAPACITY}, got {value}")]
+    Capacity {
+        /// The setter's name.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+    },
+    /// A timeout is zero or longer than [`MAX_DURATION`].
+    #[error("{field} must be positive and at most {MAX_DURATION:?}, got {value:?}")]
+    Duration {
+        /// The setter's name.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// `unreachable_after` is not below `peer_idle_timeout`: a resend after
+    /// the peer forgot the session could be delivered twice.
+    #[error(
+        "unreachable_after ({unreachable_after:?}) must be below peer_idle_timeout \
+         ({peer_idle_timeout:?}): peers forget a session after that, and a later \
+         resend could be delivered twice"
+    )]
+    UnreachableAfterIdle {
+        /// The configured `unreachable_after`.
+        unreachable_after: Duration,
+        /// The configured `peer_idle_timeout`.
+        peer_idle_timeout: Duration,
+    },
 }

@@ -100,6 +100,13 @@ pub(crate) struct Driver {
     had_session: bool,
 }
 
+/// `t + d`, or a point 30 years on if that overflows: a deadline that
+/// never comes, as `tokio::time` itself uses for "never".
+pub(crate) fn later(t: Instant, d: std::time::Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + std::time::Duration::from_secs(86_400 * 365 * 30))
+}
+
 fn std_now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -170,7 +177,7 @@ impl Driver {
             let ack_deadline = self.ack_due();
             let give_up_at = self
                 .down_since
-                .map(|t| t + self.shared.config.unreachable_after);
+                .map(|t| later(t, self.shared.config.unreachable_after));
             let can_pull = sendable
                 && self.outbox.window_batches() < self.shared.config.max_unacked_batches
                 && self.batcher.pending_messages() < self.shared.config.batch.get_max_messages();
@@ -185,7 +192,7 @@ impl Driver {
             } else if self.quiet_since.is_none() {
                 self.quiet_since = Some(Instant::now());
             }
-            let retire_at = self.quiet_since.map(|t| t + self.retire_after());
+            let retire_at = self.quiet_since.map(|t| later(t, self.retire_after()));
             tokio::select! {
                 biased;
                 ctl = self.ctl.recv() => match ctl {
@@ -519,7 +526,7 @@ impl Driver {
             return;
         }
         let since = *self.down_since.get_or_insert_with(Instant::now);
-        if Instant::now() >= since + self.shared.config.unreachable_after {
+        if Instant::now() >= later(since, self.shared.config.unreachable_after) {
             self.give_up();
             return;
         }
@@ -529,7 +536,7 @@ impl Driver {
             return;
         }
         let result = self.connect().await;
-        let deadline = since + self.shared.config.unreachable_after;
+        let deadline = later(since, self.shared.config.unreachable_after);
         match result {
             Ok(()) => {}
             Err(NetError::Backoff { retry_at, .. }) => {
@@ -759,7 +766,7 @@ impl Driver {
             .map(Instant::from_std)
             .or_else(|| {
                 let s = self.session.as_ref()?;
-                (!self.outbox.synced()).then(|| s.adopted_at + ack_timeout)
+                (!self.outbox.synced()).then(|| later(s.adopted_at, ack_timeout))
             })
     }
 
@@ -845,7 +852,7 @@ impl Driver {
                 // The peer kept the other connection of a simultaneous dial;
                 // it arrives as inbound, and the state stays Connected unless
                 // it does not come within the connect timeout.
-                self.winner_due = Some(Instant::now() + self.shared.config.connect_timeout);
+                self.winner_due = Some(later(Instant::now(), self.shared.config.connect_timeout));
             } else {
                 self.set_state(ConnState::Failed);
                 self.shared.backoff.on_failure(self.peer.id, std_now());

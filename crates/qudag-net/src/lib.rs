@@ -48,8 +48,8 @@
 //! let bob_t = Arc::new(net.bind(PeerId::from_public_key(b"bob")));
 //! let bob_addr = PeerAddr::new(bob_t.local_peer(), bob_t.local_addr());
 //!
-//! let alice = ConnectionManager::new(ManagerConfig::default(), alice_t);
-//! let bob = ConnectionManager::new(ManagerConfig::default(), bob_t);
+//! let alice = ConnectionManager::new(ManagerConfig::default(), alice_t)?;
+//! let bob = ConnectionManager::new(ManagerConfig::default(), bob_t)?;
 //! let mut bob_in = bob.incoming().unwrap();
 //!
 //! alice.connect(bob_addr).await?;
@@ -77,7 +77,7 @@ mod event;
 mod manager;
 mod session;
 
-pub use config::ManagerConfig;
+pub use config::{ConfigError, ManagerConfig, MAX_CAPACITY, MAX_DURATION};
 pub use error::{NetError, SendError, SendManyError, SendManyReason, UndeliveredReason};
 pub use event::{Event, Events, Incoming};
 pub use manager::{ConnectionManager, ShutdownReport};

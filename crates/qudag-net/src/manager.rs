@@ -20,7 +20,8 @@ use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
 use crate::event::EventQueue;
 use crate::session::{self, CloseCode, Delivery, Pooled};
 use crate::{
-    Event, Events, Incoming, ManagerConfig, NetError, SendError, SendManyError, SendManyReason,
+    ConfigError, Event, Events, Incoming, ManagerConfig, NetError, SendError, SendManyError,
+    SendManyReason,
 };
 
 type PeerHasher = foldhash::fast::RandomState;
@@ -276,13 +277,19 @@ pub struct ShutdownReport {
 }
 
 impl ConnectionManager {
-    /// Starts a manager on `transport`: spawns the accept loop and the pool
-    /// cleanup task on the current tokio runtime.
+    /// Starts a manager on `transport`: checks `config`
+    /// ([`ManagerConfig::validate`]), then spawns the accept loop and the
+    /// pool cleanup task on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] that makes `config` invalid.
     ///
     /// # Panics
     ///
     /// If called outside a tokio runtime.
-    pub fn new(config: ManagerConfig, transport: Arc<dyn Transport>) -> Self {
+    pub fn new(config: ManagerConfig, transport: Arc<dyn Transport>) -> Result<Self, ConfigError> {
+        config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let sink: Arc<dyn MetricsSink> = if config.sinks.is_empty() {
             metrics.clone()
@@ -315,7 +322,7 @@ impl ConnectionManager {
         });
         tokio::spawn(accept_loop(shared.clone()));
         tokio::spawn(cleanup_loop(shared.clone()));
-        ConnectionManager {
+        Ok(ConnectionManager {
             incoming: Arc::new(Mutex::new(Some(Incoming {
                 rx: incoming_rx,
                 current: None,
@@ -324,7 +331,7 @@ impl ConnectionManager {
             events: Arc::new(Mutex::new(Some(Events { queue: events }))),
             _guard: Arc::new(DropGuard(shared.clone())),
             shared,
-        }
+        })
     }
 
     /// This node's identity.
@@ -474,7 +481,7 @@ impl ConnectionManager {
     /// # async fn main() {
     /// # let net = MemoryNetwork::new();
     /// # let transport = Arc::new(net.bind(PeerId::from_bytes([1; 32])));
-    /// let manager = ConnectionManager::new(ManagerConfig::default(), transport);
+    /// let manager = ConnectionManager::new(ManagerConfig::default(), transport).unwrap();
     /// let stranger = PeerId::from_bytes([9; 32]);
     /// let msgs = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
     /// let err = manager.send_many(&stranger, msgs).await.unwrap_err();
@@ -636,7 +643,7 @@ impl ConnectionManager {
             return ShutdownReport { peers_closed: 0 };
         }
         self.shared.stop.notify_waiters();
-        let deadline = Instant::now() + grace;
+        let deadline = crate::driver::later(Instant::now(), grace);
         let peers: Vec<Arc<Peer>> = self.shared.peers.iter().map(|p| p.clone()).collect();
         let mut waits = Vec::new();
         for p in &peers {

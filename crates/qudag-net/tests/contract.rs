@@ -110,10 +110,10 @@ fn run(ops: Vec<Op>, adaptive: bool) -> Result<(), TestCaseError> {
             .backoff_mut()
             .base(Duration::from_millis(50))
             .cap(Duration::from_secs(1));
-        let a = ConnectionManager::new(config, ta);
+        let a = ConnectionManager::new(config, ta).expect("valid config");
         let mut bcfg = ManagerConfig::default();
         bcfg.incoming_capacity(4);
-        let b = ConnectionManager::new(bcfg, tb);
+        let b = ConnectionManager::new(bcfg, tb).expect("valid config");
         let mut events = a.events().unwrap();
         let mut incoming = b.incoming().unwrap();
         let _ = a.connect(b_addr).await;
@@ -273,14 +273,14 @@ fn session_run(ops: Vec<SessionOp>) -> Result<SessionRun, TestCaseError> {
             .backoff_mut()
             .base(Duration::from_millis(50))
             .cap(Duration::from_secs(1));
-        let a = ConnectionManager::new(config, ta);
+        let a = ConnectionManager::new(config, ta).expect("valid config");
         // The receiving application reads all the time, one list per
         // incarnation of the receiver.
         let received = Arc::new(parking_lot::Mutex::new(Vec::<Vec<u32>>::new()));
         let receiver = |t: Arc<qudag_net::MemoryTransport>| {
             let mut bcfg = ManagerConfig::default();
             bcfg.incoming_capacity(4);
-            let b = ConnectionManager::new(bcfg, t);
+            let b = ConnectionManager::new(bcfg, t).expect("valid config");
             let mut incoming = b.incoming().unwrap();
             let received = received.clone();
             let k = {

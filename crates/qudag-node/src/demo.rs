@@ -147,7 +147,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let transport = QuicTransport::bind(bind, &identity, QuicConfig::default())
             .context("cannot bind a QUIC endpoint on 127.0.0.1")?;
         let addr = PeerAddr::new(identity.peer_id(), transport.local_addr());
-        let manager = ConnectionManager::new(config.clone(), Arc::new(transport));
+        let manager = ConnectionManager::new(config.clone(), Arc::new(transport))?;
         let events = manager.events().context("event stream already taken")?;
         nodes.push(Node {
             manager,

@@ -90,7 +90,7 @@ pub(crate) async fn run(args: ListenArgs) -> anyhow::Result<()> {
     let transport = QuicTransport::bind(args.bind, &identity, quic)
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let local = transport.local_addr();
-    let manager = ConnectionManager::new(ManagerConfig::default(), Arc::new(transport));
+    let manager = ConnectionManager::new(ManagerConfig::default(), Arc::new(transport))?;
     let mut incoming = manager
         .incoming()
         .context("incoming stream already taken")?;

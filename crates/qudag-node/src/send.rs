@@ -178,7 +178,7 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut config = ManagerConfig::default();
     config.connect_timeout(connect_timeout);
     config.batch_mut().policy(args.policy.into());
-    let manager = ConnectionManager::new(config, Arc::new(transport));
+    let manager = ConnectionManager::new(config, Arc::new(transport))?;
     let mut events = manager.events().context("event stream already taken")?;
 
     // A dial has its own timeouts; this outer bound only guards against a hang.

@@ -146,7 +146,7 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
         .cap(Duration::from_millis(500));
     let id = Identity::generate().expect("identity");
     let t = QuicTransport::bind("127.0.0.1:0".parse().expect("addr"), &id, quic).expect("bind");
-    let mgr = ConnectionManager::new(config, Arc::new(t));
+    let mgr = ConnectionManager::new(config, Arc::new(t)).expect("valid config");
     let mut events = mgr.events().expect("events");
     guard("connect", mgr.connect(addr)).await.expect("connect");
 

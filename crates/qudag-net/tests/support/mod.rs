@@ -41,7 +41,7 @@ pub(crate) fn quic_node(config: ManagerConfig, quic: QuicConfig) -> Node {
 /// A node on `t`.
 pub(crate) fn node_on(t: Arc<dyn Transport>, config: ManagerConfig) -> Node {
     let addr = PeerAddr::new(t.local_peer(), t.local_addr());
-    let mgr = ConnectionManager::new(config, t);
+    let mgr = ConnectionManager::new(config, t).expect("valid config");
     Node {
         incoming: mgr.incoming().expect("incoming taken once"),
         events: mgr.events().expect("events taken once"),

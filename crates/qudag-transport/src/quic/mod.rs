@@ -468,7 +468,11 @@ impl Transport for QuicTransport {
                 other => TransportError::Setup(format!("dial: {other}")),
             })?;
         let fail = |e| dial_error(to, &actual, &self.shared, e);
-        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        // `timeout` semantics: a deadline past what `Instant` holds never comes.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(self.config.handshake_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
 
         // 1. Any answer at all (the listener's ServerHello and extensions).
         match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
