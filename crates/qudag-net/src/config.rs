@@ -18,6 +18,15 @@ pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// [`ManagerConfig`] accepts: 2^24.
 pub const MAX_CAPACITY: usize = 1 << 24;
 
+/// The largest byte budget ([`queue_bytes`](ManagerConfig::queue_bytes),
+/// [`incoming_bytes`](ManagerConfig::incoming_bytes)) a [`ManagerConfig`]
+/// accepts: 1 TiB.
+pub const MAX_BYTES: usize = if usize::BITS >= 64 {
+    (1u64 << 40) as usize
+} else {
+    usize::MAX >> 3
+};
+
 /// Configuration of a [`ConnectionManager`](crate::ConnectionManager).
 ///
 /// `Default` gives the production defaults listed on each setter. Setters
@@ -54,6 +63,8 @@ pub struct ManagerConfig {
     pub(crate) unreachable_after: Duration,
     pub(crate) peer_idle_timeout: Duration,
     pub(crate) event_capacity: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) incoming_bytes: usize,
     pub(crate) sinks: Vec<Arc<dyn MetricsSink>>,
 }
 
@@ -74,6 +85,8 @@ impl Default for ManagerConfig {
             unreachable_after: Duration::from_secs(10),
             peer_idle_timeout: Duration::from_secs(300),
             event_capacity: 1024,
+            queue_bytes: 32 << 20,
+            incoming_bytes: 64 << 20,
             sinks: Vec::new(),
         }
     }
@@ -94,6 +107,8 @@ impl fmt::Debug for ManagerConfig {
             .field("unreachable_after", &self.unreachable_after)
             .field("peer_idle_timeout", &self.peer_idle_timeout)
             .field("event_capacity", &self.event_capacity)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("incoming_bytes", &self.incoming_bytes)
             .field("sinks", &self.sinks.len())
             .finish()
     }
@@ -205,6 +220,31 @@ impl ManagerConfig {
         self
     }
 
+    /// Payload bytes each peer's messages may hold from `send` until they
+    /// are acknowledged or handed back (queued, batched and unacknowledged
+    /// together): beyond it `send` waits and `try_send` returns `Full`, as
+    /// for [`queue_capacity`](Self::queue_capacity). A message is let in
+    /// whenever nothing else is held, so at least one message of any
+    /// accepted size is always in flight. At least the batch's
+    /// [`max_message_len`](qudag_batch::BatchConfig::max_message_len), at
+    /// most [`MAX_BYTES`]. Default: 32 MiB.
+    pub fn queue_bytes(&mut self, n: usize) -> &mut Self {
+        self.queue_bytes = n;
+        self
+    }
+
+    /// Payload bytes of received batches waiting for the application in
+    /// [`Incoming`](crate::Incoming), over all peers: beyond it readers stop
+    /// reading (and QUIC flow control pushes back on the senders), as for
+    /// [`incoming_capacity`](Self::incoming_capacity). A batch's bytes are
+    /// released when the application has taken its last message. At least
+    /// the batch's [`max_bytes`](qudag_batch::BatchConfig::max_bytes) (a
+    /// whole batch), at most [`MAX_BYTES`]. Default: 64 MiB.
+    pub fn incoming_bytes(&mut self, n: usize) -> &mut Self {
+        self.incoming_bytes = n;
+        self
+    }
+
     /// Adds a metrics sink that receives every event beside the built-in one.
     pub fn add_sink(&mut self, sink: Arc<dyn MetricsSink>) -> &mut Self {
         self.sinks.push(sink);
@@ -244,6 +284,27 @@ impl ManagerConfig {
                 return Err(ConfigError::Duration { field, value });
             }
         }
+        let budgets = [
+            (
+                "queue_bytes",
+                self.queue_bytes,
+                self.batch.get_max_message_len(),
+            ),
+            (
+                "incoming_bytes",
+                self.incoming_bytes,
+                self.batch.get_max_bytes(),
+            ),
+        ];
+        for (field, value, min) in budgets {
+            if value < min.max(1) || value > MAX_BYTES {
+                return Err(ConfigError::Bytes {
+                    field,
+                    value,
+                    min: min.max(1),
+                });
+            }
+        }
         if self.unreachable_after >= self.peer_idle_timeout {
             return Err(ConfigError::UnreachableAfterIdle {
                 unreachable_after: self.unreachable_after,
@@ -269,6 +330,17 @@ pub enum ConfigError {
         field: &'static str,
         /// The value given.
         value: usize,
+    },
+    /// A byte budget is below what one message (`queue_bytes`) or one batch
+    /// (`incoming_bytes`) needs, or above [`MAX_BYTES`].
+    #[error("{field} must be between {min} and {MAX_BYTES}, got {value}")]
+    Bytes {
+        /// The setter's name.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+        /// The least it may be with this batch configuration.
+        min: usize,
     },
     /// A timeout is zero or longer than [`MAX_DURATION`].
     #[error("{field} must be positive and at most {MAX_DURATION:?}, got {value:?}")]

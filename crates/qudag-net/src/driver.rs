@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::budget::ByteBudget;
 use crate::manager::Shared;
 use crate::session::{self, CloseCode, Pooled, ReaderCtx, RecvState, Session, SessionEnd};
 use crate::{Event, NetError, UndeliveredReason};
@@ -70,6 +71,9 @@ pub(crate) struct Peer {
     pub(crate) state: Mutex<StateMachine>,
     /// The receiving half of the session with this peer.
     pub(crate) recv: Arc<RecvState>,
+    /// Payload bytes of this peer's accepted messages not yet acknowledged
+    /// or handed back (`queue_bytes`).
+    pub(crate) budget: ByteBudget,
 }
 
 pub(crate) struct Driver {
@@ -140,6 +144,7 @@ impl Driver {
             ctl: ctl_tx,
             state: Mutex::new(StateMachine::new()),
             recv: RecvState::new(),
+            budget: ByteBudget::new(shared.config.queue_bytes),
         });
         let driver = Driver {
             outbox: Outbox::new(shared.incarnation),
@@ -273,12 +278,19 @@ impl Driver {
         let addr = *self.peer.addr.lock();
         let next = self.shared.peer(id, addr);
         for env in late {
-            if let Err(e) = next.tx.try_send(env) {
-                let env = match e {
-                    mpsc::error::TrySendError::Full(env)
-                    | mpsc::error::TrySendError::Closed(env) => env,
-                };
-                self.hand_back(vec![env], UndeliveredReason::Unreachable, false);
+            let len = env.payload.len();
+            // Its bytes move with it (already accepted: they may overshoot).
+            next.budget.force_take(len);
+            match next.tx.try_send(env) {
+                Ok(()) => self.peer.budget.give(len),
+                Err(e) => {
+                    next.budget.give(len);
+                    let env = match e {
+                        mpsc::error::TrySendError::Full(env)
+                        | mpsc::error::TrySendError::Closed(env) => env,
+                    };
+                    self.hand_back(vec![env], UndeliveredReason::Unreachable, false);
+                }
             }
         }
         for ctl in late_ctl {
@@ -737,6 +749,7 @@ impl Driver {
         }
         if acked_msgs > 0 {
             self.shared.sink.memory(-(acked_bytes as isize));
+            self.peer.budget.give(acked_bytes);
             self.shared.sink.queued_messages(-acked_msgs);
         }
         if self.outbox.acked() > before || (self.outbox.synced() && self.outbox.is_empty()) {
@@ -899,6 +912,7 @@ impl Driver {
             })
             .collect();
         self.shared.sink.memory(-(bytes as isize));
+        self.peer.budget.give(bytes);
         self.shared.sink.queued_messages(-(messages.len() as isize));
         tracing::debug!(peer = %self.peer.id, n = messages.len(), %reason, "handing back undelivered messages");
         self.shared.emit(Event::Undelivered {
@@ -1142,6 +1156,8 @@ impl Shared {
             peer,
             limits: self.codec_limits.clone(),
             incoming,
+            incoming_budget: self.incoming_budget.clone(),
+            frame_timeout: self.config.ack_timeout,
             sink: self.sink.clone(),
             recv,
         })

@@ -70,6 +70,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod budget;
 mod config;
 mod driver;
 mod error;
@@ -77,7 +78,7 @@ mod event;
 mod manager;
 mod session;
 
-pub use config::{ConfigError, ManagerConfig, MAX_CAPACITY, MAX_DURATION};
+pub use config::{ConfigError, ManagerConfig, MAX_BYTES, MAX_CAPACITY, MAX_DURATION};
 pub use error::{NetError, SendError, SendManyError, SendManyReason, UndeliveredReason};
 pub use event::{Event, Events, Incoming};
 pub use manager::{ConnectionManager, ShutdownReport};

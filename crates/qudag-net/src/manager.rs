@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     events: Arc<EventQueue>,
     pub(crate) pool_changed: Notify,
     pub(crate) codec_limits: CodecLimits,
+    /// Payload bytes of received batches the application has not taken
+    /// yet, over all peers (`incoming_bytes`).
+    pub(crate) incoming_budget: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
     stop: Notify,
 }
@@ -307,6 +310,7 @@ impl ConnectionManager {
             limiter: Limiter::new(&config.pool),
             backoff: Backoff::new(config.backoff.clone()),
             codec_limits: config.batch.codec_limits(),
+            incoming_budget: Arc::new(tokio::sync::Semaphore::new(config.incoming_bytes)),
             transport,
             config,
             peers: DashMap::with_hasher(PeerHasher::default()),
@@ -430,17 +434,23 @@ impl ConnectionManager {
     pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let (p, env) = self.check_send(peer, msg)?;
         let len = env.payload.len();
-        let env = match p.tx.send(env).await {
-            Ok(()) => {
-                self.accepted(len);
-                return Ok(());
+        let env = {
+            let reserved = p.budget.take(len).await;
+            match p.tx.send(env).await {
+                Ok(()) => {
+                    reserved.keep();
+                    self.accepted(len);
+                    return Ok(());
+                }
+                Err(e) => e.0,
             }
-            Err(e) => e.0,
         };
         // The driver retired between the lookup and the send: once more, on a fresh one.
         let (p, env) = self.check_send(peer, env.payload)?;
+        let reserved = p.budget.take(len).await;
         match p.tx.send(env).await {
             Ok(()) => {
+                reserved.keep();
                 self.accepted(len);
                 Ok(())
             }
@@ -524,7 +534,7 @@ impl ConnectionManager {
                 },
             };
             let n = (msgs.len() - next).min(p.tx.max_capacity());
-            let (count, bytes) = {
+            let (count, bytes, short) = {
                 let Ok(permits) = p.tx.reserve_many(n).await else {
                     // The driver retired since the lookup: once more on a
                     // fresh one; twice in a row means the manager is shutting down.
@@ -538,8 +548,15 @@ impl ConnectionManager {
                     }
                     continue;
                 };
-                let (mut count, mut bytes) = (0, 0);
+                let (mut count, mut bytes, mut short) = (0, 0, None);
                 for permit in permits {
+                    let len = msgs[next].len();
+                    if !p.budget.try_take(len) {
+                        // Over the peer's byte budget: the rest of the
+                        // permits go back; wait for room below.
+                        short = Some(len);
+                        break;
+                    }
                     let payload = std::mem::take(&mut msgs[next]);
                     next += 1;
                     count += 1;
@@ -547,11 +564,14 @@ impl ConnectionManager {
                     self.shared.sink.message_queued(payload.len());
                     permit.send(Envelope { payload, sent_at });
                 }
-                (count, bytes)
+                (count, bytes, short)
             };
             failed = 0;
             self.shared.sink.queued_messages(count);
             self.shared.sink.memory(bytes as isize);
+            if let Some(len) = short {
+                p.budget.room_for(len).await;
+            }
             driver = Some(p);
         }
         Ok(())
@@ -570,16 +590,26 @@ impl ConnectionManager {
     pub fn try_send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let (p, env) = self.check_send(peer, msg)?;
         let len = env.payload.len();
+        if !p.budget.try_take(len) {
+            return Err(SendError::Full {
+                peer: *peer,
+                msg: env.payload,
+            });
+        }
         match p.tx.try_send(env) {
             Ok(()) => {
                 self.accepted(len);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(e)) => Err(SendError::Full {
-                peer: *peer,
-                msg: e.payload,
-            }),
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                p.budget.give(len);
+                Err(SendError::Full {
+                    peer: *peer,
+                    msg: e.payload,
+                })
+            }
             Err(mpsc::error::TrySendError::Closed(e)) => {
+                p.budget.give(len);
                 Err(SendError::Shutdown { msg: e.payload })
             }
         }

@@ -112,6 +112,8 @@ pub(crate) struct Delivery {
 /// sender hands it back as maybe delivered.
 pub(crate) struct Receipt {
     recv: Arc<RecvState>,
+    /// The batch's bytes in the `incoming_bytes` budget, released with the receipt.
+    _budget: tokio::sync::OwnedSemaphorePermit,
     /// The sender incarnation the messages came from.
     incarnation: u64,
     /// Every message of that incarnation below this number is now taken.
@@ -263,6 +265,10 @@ pub(crate) struct ReaderCtx {
     pub(crate) peer: PeerId,
     pub(crate) limits: CodecLimits,
     pub(crate) incoming: mpsc::Sender<Delivery>,
+    /// Received bytes the application has not taken yet, over all peers.
+    pub(crate) incoming_budget: Arc<tokio::sync::Semaphore>,
+    /// How long a frame may stay incomplete (the ack timeout).
+    pub(crate) frame_timeout: std::time::Duration,
     pub(crate) sink: Arc<dyn MetricsSink>,
     pub(crate) recv: Arc<RecvState>,
 }
@@ -406,8 +412,13 @@ async fn read_frames(
     // The peer's incarnation, from its RESUME: the first frame it sends.
     let mut incarnation = None;
     let mut last_ack = 0;
+    // Since when part of a frame has waited for the rest: an incomplete
+    // frame may not hold its buffer longer than the frame timeout.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
+        let mut decoded = false;
         while let Some(frame) = decoder.decode(&mut buf).map_err(decode_error)? {
+            decoded = true;
             match frame {
                 Frame::Resume(r) => {
                     if incarnation.is_some() {
@@ -485,11 +496,19 @@ async fn read_frames(
                         bytes += m.len();
                         ctx.sink.message_received(m.len());
                     }
+                    // Waits while the application holds `incoming_bytes`
+                    // unread (holding the inbox, like the channel below).
+                    let budget = u32::try_from(bytes).unwrap_or(u32::MAX);
+                    let Ok(budget) = ctx.incoming_budget.clone().acquire_many_owned(budget).await
+                    else {
+                        return Err(ReadFailure::AppGone);
+                    };
                     ctx.sink.memory(bytes as isize);
                     let delivery = Delivery {
                         peer: ctx.peer,
                         messages,
                         receipt: Receipt {
+                            _budget: budget,
                             recv: ctx.recv.clone(),
                             incarnation: inc,
                             end: first + count as u64,
@@ -513,8 +532,29 @@ async fn read_frames(
             buf.reserve(chunk);
         }
         held.set(buf.capacity());
+        if buf.is_empty() || decoded {
+            partial_since = None;
+        }
+        if !buf.is_empty() {
+            partial_since.get_or_insert_with(tokio::time::Instant::now);
+        }
         let offered = buf.capacity() - buf.len();
-        match stream.read_buf(&mut buf).await {
+        let read = match partial_since {
+            Some(since) => {
+                let deadline = crate::driver::later(since, ctx.frame_timeout);
+                match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(ReadFailure::Protocol(
+                            ErrorKind::Decode,
+                            "a frame stayed incomplete for longer than the ack timeout".into(),
+                        ))
+                    }
+                }
+            }
+            None => stream.read_buf(&mut buf).await,
+        };
+        match read {
             Ok(0) => {
                 return if conn.is_alive() && !buf.is_empty() {
                     Err(decode_error(DecodeError::Truncated))

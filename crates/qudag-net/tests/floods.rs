@@ -470,3 +470,90 @@ async fn connect_and_leave_leaves_nothing_behind() {
     );
     victim.mgr.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Byte budgets, both ways. A sender whose peer does not read may hold at
+/// most `queue_bytes` of accepted messages (`try_send` says `Full` while the
+/// count limit is far away); a receiver whose application does not read
+/// holds at most `incoming_bytes` of delivered batches (its memory gauge
+/// stays under that plus one batch). Once the application reads, everything
+/// arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_budgets_bound_what_a_silent_application_holds() {
+    let _serial = SERIAL.lock().await;
+    const MSG: usize = 4096;
+    const QUEUE_BYTES: usize = 256 * 1024;
+    const INCOMING_BYTES: usize = 64 * 1024;
+    const BATCH: usize = 16 * 1024;
+    let net = MemoryNetwork::new();
+    let mut sender_cfg = ManagerConfig::default();
+    sender_cfg.batch_mut().max_bytes(BATCH);
+    sender_cfg.queue_bytes(QUEUE_BYTES);
+    let mut receiver_cfg = ManagerConfig::default();
+    receiver_cfg.batch_mut().max_bytes(BATCH);
+    receiver_cfg.incoming_bytes(INCOMING_BYTES);
+    let sender = memory_node(&net, "budget-sender", sender_cfg);
+    let mut receiver = memory_node(&net, "budget-receiver", receiver_cfg);
+    sender.mgr.connect(receiver.addr).await.expect("connect");
+
+    // The receiver's application does not read; the sender keeps sending.
+    const TOTAL: u32 = 200; // 800 KiB: more than both budgets together
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let sending = {
+        let (mgr, to, accepted) = (sender.mgr.clone(), receiver.addr.peer, accepted.clone());
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                mgr.send(&to, support::msg(i, MSG)).await.expect("accepted");
+                accepted.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    let rmgr = receiver.mgr.clone();
+    until("the receiver's incoming budget fills", || {
+        rmgr.metrics_snapshot().memory_bytes as usize >= INCOMING_BYTES - BATCH
+    })
+    .await;
+    until("the sender's byte budget fills", || {
+        (accepted.load(Ordering::Acquire) + 1) * MSG > QUEUE_BYTES
+    })
+    .await;
+    // Nothing is acknowledged while the application does not read, so the
+    // sender stays full: `send` waits, `try_send` says Full.
+    let full = accepted.load(Ordering::Acquire);
+    match sender
+        .mgr
+        .try_send(&receiver.addr.peer, Bytes::from_static(b"one more"))
+    {
+        Err(qudag_net::SendError::Full { .. }) => {}
+        other => panic!("expected Full over the byte budget, got {other:?}"),
+    }
+    let held = full * MSG;
+    let receiver_holds = receiver.mgr.metrics_snapshot().memory_bytes as usize;
+    eprintln!(
+        "byte budgets: sender holds {} KiB (queue_bytes {} KiB), receiver holds {} KiB (incoming_bytes {} KiB)",
+        held / 1024,
+        QUEUE_BYTES / 1024,
+        receiver_holds / 1024,
+        INCOMING_BYTES / 1024
+    );
+    assert!(held <= QUEUE_BYTES, "{held} bytes accepted over the budget");
+    assert!(
+        full < 8192 / 2,
+        "the byte budget, not the count, stopped the sender ({full})"
+    );
+    // Delivered batches plus the reader's buffer (at most 64 KiB and one frame).
+    assert!(
+        receiver_holds <= INCOMING_BYTES + 2 * BATCH + 64 * 1024,
+        "the receiver holds {receiver_holds} bytes for its application"
+    );
+
+    // The application reads: everything arrives, in order, nothing lost.
+    let got = support::recv_n(&mut receiver.incoming, sender.addr.peer, TOTAL as usize).await;
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(support::index(m), i as u32);
+    }
+    guard("the sender is done", GUARD, sending)
+        .await
+        .expect("sender task");
+    sender.mgr.shutdown(Duration::from_secs(1)).await;
+    receiver.mgr.shutdown(Duration::from_secs(1)).await;
+}

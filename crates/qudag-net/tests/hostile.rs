@@ -548,3 +548,34 @@ async fn ack_flood_closes_the_connection_and_memory_stays_bounded() {
     honest.mgr.shutdown(Duration::from_secs(2)).await;
     vmgr.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A peer that starts a frame and never finishes it (a slow-loris on the
+/// batch stream) cannot hold the victim's read buffer: after the ack
+/// timeout with the frame incomplete, the victim closes the connection
+/// (code 4) and counts a decode error.
+#[tokio::test(start_paused = true)]
+async fn an_incomplete_frame_times_out() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.ack_timeout(Duration::from_secs(2));
+    let victim = memory_node(&net, "victim", config);
+    let mut a = attacker(&net, "slowloris", victim.addr).await;
+    let f = a.frame(0, &[b"a frame that never ends"]);
+    a.write(&f[..f.len() / 2]).await;
+    let started = tokio::time::Instant::now();
+    let reason = a.closed().await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(reason, CloseReason::Remote { code: 4, .. }),
+        "closed with {reason:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "closed after {waited:?}, before the ack timeout"
+    );
+    assert_eq!(
+        victim.mgr.metrics_snapshot().errors.get(ErrorKind::Decode),
+        1
+    );
+    victim.mgr.shutdown(Duration::from_secs(1)).await;
+}
