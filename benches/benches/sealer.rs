@@ -7,14 +7,22 @@
 //! through the raw AEADs' public APIs (ring's `LessSafeKey` and
 //! `chacha20poly1305`'s `AeadInPlace`), which the sealers wrap.
 //!
+//! The `seal_vs_bare` group puts the two `Sealer`s next to the bare AEADs
+//! at 64 B and 16 KiB; 16 KiB is the size the zeroization decision (docs/SECURITY-keys.md) is
+//! read at: each sealer against the fastest bare ChaCha20-Poly1305 in the
+//! tree (ring's `LessSafeKey`, built once and kept).
+//!
 //! Run: `cargo bench -p qudag-benches --bench sealer` (about a minute).
+//! Only that group: `cargo bench -p qudag-benches --bench sealer -- seal_vs_bare`.
+//! Paired ratios (finely interleaved, ratios only):
+//! `cargo bench -p qudag-benches --bench sealer -- --paired`.
 //! Smoke: `cargo bench -p qudag-benches --bench sealer -- --test`.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aead::{AeadInPlace, KeyInit};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use qudag_crypto::{nonce_for, ChaChaSealer, RingSealer, Sealer, SessionKey, TAG_LEN};
 
 const SIZES: [usize; 4] = [64, 1024, 16 * 1024, 64 * 1024];
@@ -138,5 +146,147 @@ fn open_sealer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal, open, open_sealer);
-criterion_main!(benches);
+/// One seal of 64 B and of 16 KiB: each `Sealer` beside the bare AEADs it wraps, in one
+/// group so their ratios come from the same run. Functions named
+/// `baseline_*` are the baselines (see `cargo xtask bench`'s report).
+fn seal_vs_bare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("seal_vs_bare");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for size in [64, 16 * 1024] {
+        group.throughput(Throughput::Bytes(size as u64));
+        // The bare AEADs: key schedule built once, nonce = a counter, as the
+        // sealers do, without the sequence checks.
+        group.bench_with_input(
+            BenchmarkId::new("baseline_ring_aead", size),
+            &size,
+            |b, &size| {
+                let key = ring::aead::LessSafeKey::new(
+                    ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &KEY).unwrap(),
+                );
+                let mut buf = vec![0u8; size];
+                let mut seq = 0u64;
+                b.iter(|| {
+                    seq += 1;
+                    black_box(
+                        key.seal_in_place_separate_tag(
+                            ring::aead::Nonce::assume_unique_for_key(nonce_for(seq)),
+                            ring::aead::Aad::from(AAD),
+                            black_box(&mut buf),
+                        )
+                        .unwrap(),
+                    )
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("baseline_rustcrypto_aead", size),
+            &size,
+            |b, &size| {
+                let key = chacha20poly1305::ChaCha20Poly1305::new((&KEY).into());
+                let mut buf = vec![0u8; size];
+                let mut seq = 0u64;
+                b.iter(|| {
+                    seq += 1;
+                    black_box(
+                        key.encrypt_in_place_detached(
+                            (&nonce_for(seq)).into(),
+                            AAD,
+                            black_box(&mut buf),
+                        )
+                        .unwrap(),
+                    )
+                });
+            },
+        );
+        for (name, backend) in [
+            ("ring_sealer", "ring"),
+            ("chacha_sealer", "chacha20poly1305"),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+                let mut s = sealer(backend);
+                let mut buf = vec![0u8; size];
+                b.iter(|| {
+                    let seq = s.next_seal_seq();
+                    black_box(s.seal_in_place(seq, AAD, black_box(&mut buf)).unwrap())
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, seal, open, open_sealer, seal_vs_bare);
+
+/// `--paired`: each sealer against the bare ring AEAD, interleaved finely.
+///
+/// Every round times a block of seals with the bare AEAD, then with
+/// `RingSealer`, then with `ChaChaSealer`, back to back, and keeps the ratio
+/// bare time / sealer time (above 1: the sealer is faster); 60 rounds after
+/// one warm-up round. Noise on a shared machine that lasts longer than a
+/// round hits all three alike, so the median ratio is steadier than the
+/// ratio of two criterion figures measured seconds apart. Prints ratios
+/// only, no absolute times.
+fn paired() {
+    const ROUNDS: usize = 60;
+    for (size, iters) in [(16 * 1024usize, 200u32), (64, 20_000)] {
+        let bare = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &KEY).unwrap(),
+        );
+        let mut ring_sealer = sealer("ring");
+        let mut chacha_sealer = sealer("chacha20poly1305");
+        let mut buf = vec![0u8; size];
+        let mut seq = 0u64;
+        let mut ratios = [Vec::new(), Vec::new()];
+        for round in 0..=ROUNDS {
+            let start = Instant::now();
+            for _ in 0..iters {
+                seq += 1;
+                let _tag = black_box(
+                    bare.seal_in_place_separate_tag(
+                        ring::aead::Nonce::assume_unique_for_key(nonce_for(seq)),
+                        ring::aead::Aad::from(AAD),
+                        black_box(&mut buf),
+                    )
+                    .unwrap(),
+                );
+            }
+            let bare_time = start.elapsed().as_secs_f64();
+            for (i, s) in [&mut ring_sealer, &mut chacha_sealer]
+                .into_iter()
+                .enumerate()
+            {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let seq = s.next_seal_seq();
+                    black_box(s.seal_in_place(seq, AAD, black_box(&mut buf)).unwrap());
+                }
+                if round > 0 {
+                    ratios[i].push(bare_time / start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        for (name, mut r) in ["RingSealer", "ChaChaSealer"].into_iter().zip(ratios) {
+            r.sort_by(f64::total_cmp);
+            let n = r.len();
+            println!(
+                "paired {size} B {name}: bare ring / sealer median {:.3}, p10 {:.3}, p90 {:.3}, min {:.3}, max {:.3} ({n} rounds)",
+                r[n / 2],
+                r[n / 10],
+                r[n * 9 / 10],
+                r[0],
+                r[n - 1]
+            );
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--paired") {
+        paired();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

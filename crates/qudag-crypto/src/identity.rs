@@ -41,8 +41,10 @@ pub const SIGNATURE_LEN: usize = 64;
 ///
 /// `Debug` prints only the [`PeerId`]; there is no `Clone` (use
 /// [`try_clone`](Identity::try_clone) when a second copy of the secret is
-/// really wanted). The PKCS#8 document is held in a [`Zeroizing`] buffer
-/// and wiped on drop; ring's parsed key pair inside does not wipe itself.
+/// really wanted). The PKCS#8 document (the seed) is held in a
+/// [`Zeroizing`] heap buffer and wiped on drop. ring's parsed key pair,
+/// which `sign` uses, holds the private scalar and prefix and is **not**
+/// wiped: ring offers no way to (docs/SECURITY-keys.md).
 ///
 /// # Examples
 ///
@@ -227,46 +229,218 @@ impl Identity {
 
     /// Reads a key file written by [`save`](Identity::save).
     ///
-    /// Refuses, before reading the contents: a path that is not a regular
-    /// file, a file larger than [`MAX_KEY_FILE_LEN`], and on Unix a file that
-    /// group or others may read or write (any of the mode bits `0o077`).
+    /// Before reading a byte of the contents it refuses, each with an
+    /// [`IdentityError`] naming the path:
+    ///
+    /// - anything but a regular file: a directory, FIFO, socket or device
+    ///   ([`IdentityError::NotAFile`], with its [`FileKind`]). The file is
+    ///   opened non-blocking, so a FIFO is refused at once instead of
+    ///   waiting for a writer;
+    /// - on Unix, a file not owned by this process's effective uid
+    ///   ([`IdentityError::Owner`]);
+    /// - on Unix, a file group or others may read or write (any of the mode
+    ///   bits `0o077`, [`IdentityError::Permissions`]);
+    /// - a file larger than [`MAX_KEY_FILE_LEN`]
+    ///   ([`IdentityError::FileTooLarge`]).
+    ///
+    /// A symbolic link is followed, and the checks apply to the file it
+    /// leads to: they are made on the opened handle (`fstat`), so the link
+    /// cannot be swapped for another file between check and read. Whoever
+    /// can change the directories on the path can still point it at another
+    /// regular file of ours; keep the key in a directory only this user can
+    /// write.
+    ///
+    /// On other platforms only the file type and the size are checked (not
+    /// ownership or ACLs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use qudag_crypto::{FileKind, Identity, IdentityError};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("qudag-doc-load-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// std::fs::create_dir(&dir)?;
+    /// let path = dir.join("node.key");
+    /// let id = Identity::generate()?;
+    /// id.save(&path)?;
+    /// assert_eq!(Identity::load(&path)?.peer_id(), id.peer_id());
+    ///
+    /// // A directory is not a key file.
+    /// assert!(matches!(
+    ///     Identity::load(&dir),
+    ///     Err(IdentityError::NotAFile { kind: FileKind::Directory, .. })
+    /// ));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(path: &Path) -> Result<Self, IdentityError> {
         let read_err = |source| IdentityError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
+        // A first look, so a device or FIFO is refused without being opened
+        // at all (opening some devices has side effects). It can race with a
+        // rename; the checks on the opened handle below are the ones that count.
+        let before = std::fs::metadata(path).map_err(read_err)?;
+        check_file_type(path, &before)?;
+        let file = open_key_file(path).map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            return Err(IdentityError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(IdentityError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-        }
-        if meta.len() > MAX_KEY_FILE_LEN as u64 {
-            return Err(IdentityError::TooLarge {
-                len: meta.len(),
-                max: MAX_KEY_FILE_LEN as u64,
-            });
-        }
+        check_key_file(path, &meta, effective_uid())?;
         // The file may grow after the check: read at most one byte past the
-        // limit so from_file_bytes reports it.
+        // limit so the size is checked again below.
         let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN + 1));
         file.take(MAX_KEY_FILE_LEN as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(read_err)?;
+        if bytes.len() > MAX_KEY_FILE_LEN {
+            return Err(IdentityError::FileTooLarge {
+                path: path.to_path_buf(),
+                len: bytes.len() as u64,
+                max: MAX_KEY_FILE_LEN as u64,
+            });
+        }
         Self::from_file_bytes(&bytes)
     }
+}
+
+/// What kind of file a path that is not a regular file turned out to be
+/// (see [`IdentityError::NotAFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A named pipe (FIFO).
+    Fifo,
+    /// A Unix domain socket.
+    Socket,
+    /// A character device (such as `/dev/zero`).
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// Anything else that is not a regular file.
+    Other,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Directory => "a directory",
+            FileKind::Fifo => "a FIFO",
+            FileKind::Socket => "a socket",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Other => "of another kind",
+        })
+    }
+}
+
+impl FileKind {
+    fn of(ft: std::fs::FileType) -> Self {
+        if ft.is_dir() {
+            return FileKind::Directory;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_fifo() {
+                return FileKind::Fifo;
+            }
+            if ft.is_socket() {
+                return FileKind::Socket;
+            }
+            if ft.is_char_device() {
+                return FileKind::CharDevice;
+            }
+            if ft.is_block_device() {
+                return FileKind::BlockDevice;
+            }
+        }
+        FileKind::Other
+    }
+}
+
+fn check_file_type(path: &Path, meta: &std::fs::Metadata) -> Result<(), IdentityError> {
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(IdentityError::NotAFile {
+            path: path.to_path_buf(),
+            kind: FileKind::of(meta.file_type()),
+        })
+    }
+}
+
+/// Every check [`Identity::load`] makes on the opened file's metadata, in
+/// order: regular file, owner (`euid`, Unix only), mode (Unix only), size.
+fn check_key_file(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    euid: Option<u32>,
+) -> Result<(), IdentityError> {
+    check_file_type(path, meta)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(euid) = euid {
+            if meta.uid() != euid {
+                return Err(IdentityError::Owner {
+                    path: path.to_path_buf(),
+                    owner: meta.uid(),
+                    euid,
+                });
+            }
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityError::Permissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = euid;
+    if meta.len() > MAX_KEY_FILE_LEN as u64 {
+        return Err(IdentityError::FileTooLarge {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            max: MAX_KEY_FILE_LEN as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The effective uid of this process (Unix); `None` elsewhere.
+#[cfg(unix)]
+fn effective_uid() -> Option<u32> {
+    Some(rustix::process::geteuid().as_raw())
+}
+
+#[cfg(not(unix))]
+fn effective_uid() -> Option<u32> {
+    None
+}
+
+/// Opens a key file for reading without blocking on a FIFO (`O_NONBLOCK`;
+/// it has no effect on a regular file) and without making a terminal the
+/// controlling one (`O_NOCTTY`).
+#[cfg(unix)]
+fn open_key_file(path: &Path) -> io::Result<std::fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    // The flags are small positive constants: the cast is exact.
+    let flags = (OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_key_file(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 fn hex_digit(c: u8) -> Result<u8, IdentityError> {
@@ -328,7 +502,8 @@ pub enum IdentityError {
     /// reason is given).
     #[error("key file is not a qudag identity key: {0}")]
     NotAnIdentityKey(&'static str),
-    /// The key file is larger than [`MAX_KEY_FILE_LEN`].
+    /// The key file contents passed to [`Identity::from_file_bytes`] are
+    /// larger than [`MAX_KEY_FILE_LEN`].
     #[error("key file is too large to be a qudag identity key ({len} bytes, limit {max})")]
     TooLarge {
         /// Size found, in bytes.
@@ -344,11 +519,36 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The path is a directory or another non-regular file.
-    #[error("key file {} is not a regular file", path.display())]
+    /// The path is a directory, FIFO, socket, device or another
+    /// non-regular file.
+    #[error("key file {} is not a regular file: it is {kind}", path.display())]
     NotAFile {
         /// The path.
         path: PathBuf,
+        /// What it is instead.
+        kind: FileKind,
+    },
+    /// On Unix: the key file is owned by another user than the effective
+    /// uid of this process.
+    #[error("key file {} is owned by uid {owner}, not by this process's uid {euid}; chown it or run as its owner", path.display())]
+    Owner {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
+    /// The key file on disk is larger than [`MAX_KEY_FILE_LEN`]; checked
+    /// before it is read.
+    #[error("key file {} is too large to be a qudag identity key ({len} bytes, limit {max})", path.display())]
+    FileTooLarge {
+        /// The key file.
+        path: PathBuf,
+        /// Size found, in bytes.
+        len: u64,
+        /// The limit, in bytes.
+        max: u64,
     },
     /// [`Identity::save`] refuses to overwrite an existing file.
     #[error("key file {} already exists; refusing to overwrite it", path.display())]

@@ -60,11 +60,14 @@ impl Role {
 
 /// One direction's 256-bit batch-sealing key.
 ///
-/// The bytes live in a [`Zeroizing`] buffer and are wiped when the key is
-/// dropped. There is no `Clone` and no way to read the bytes back out of the
-/// crate; `Debug` prints `SessionKey(<redacted>)`. Build one from the key
-/// material the transport exports (see [`LABEL_DIALER_TO_LISTENER`]) and hand
-/// it to a [`Sealer`](crate::Sealer) constructor, which consumes it.
+/// The bytes live in one heap [`Zeroizing`] buffer, written once and wiped
+/// when the key is dropped; moving a `SessionKey` (into a sealer, into a
+/// `Box<dyn Sealer>`) moves only the pointer, so moves leave no copies of
+/// the key behind. There is no `Clone` and no way to read the bytes back
+/// out of the crate; `Debug` prints `SessionKey(<redacted>)`. Build one from
+/// the key material the transport exports (see [`LABEL_DIALER_TO_LISTENER`])
+/// and hand it to a [`Sealer`](crate::Sealer) constructor, which consumes
+/// it. What the sealers do with it is in their docs ("What is wiped").
 ///
 /// # Examples
 ///
@@ -75,13 +78,14 @@ impl Role {
 /// assert_eq!(format!("{key:?}"), "SessionKey(<redacted>)");
 /// assert!(matches!(SessionKey::from_slice(&[0u8; 31]), Err(KeyError::Length(31))));
 /// ```
-pub struct SessionKey(Zeroizing<[u8; KEY_LEN]>);
+pub struct SessionKey(Box<Zeroizing<[u8; KEY_LEN]>>);
 
 impl SessionKey {
-    /// Wraps `bytes`. The argument (a copy on this function's stack) is wiped;
-    /// wiping the caller's own copy is the caller's job.
+    /// Copies `bytes` into the key's heap buffer and wipes the argument (a
+    /// copy on this function's stack); wiping the caller's own copy is the
+    /// caller's job.
     pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> Self {
-        let key = Self(Zeroizing::new(bytes));
+        let key = Self::copied(&bytes);
         bytes.zeroize();
         key
     }
@@ -91,14 +95,20 @@ impl SessionKey {
         if b.len() != KEY_LEN {
             return Err(KeyError::Length(b.len()));
         }
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        Ok(Self::copied(b))
+    }
+
+    /// The heap buffer is allocated zeroed and the key written straight
+    /// into it, so no temporary holds the key.
+    fn copied(b: &[u8]) -> Self {
+        let mut key = Box::new(Zeroizing::new([0u8; KEY_LEN]));
         key.copy_from_slice(b);
-        Ok(Self(key))
+        Self(key)
     }
 
     /// Constant-time comparison of two keys.
     pub fn ct_eq(&self, other: &SessionKey) -> bool {
-        self.0.ct_eq(&*other.0).into()
+        self.0[..].ct_eq(&other.0[..]).into()
     }
 
     /// The key bytes, for the sealer backends only.
@@ -136,6 +146,16 @@ mod tests {
         let k = SessionKey::from_slice(&[9u8; 32]).unwrap();
         assert!(k.ct_eq(&SessionKey::from_bytes([9u8; 32])));
         assert!(!k.ct_eq(&SessionKey::from_bytes([8u8; 32])));
+    }
+
+    /// A move copies a pointer, not the key (the key's only copy is the
+    /// heap buffer that is wiped on drop).
+    #[test]
+    fn moving_a_key_moves_a_pointer() {
+        assert_eq!(
+            std::mem::size_of::<SessionKey>(),
+            std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - **Identity.** A node has an Ed25519 key pair ([`Identity`]); its
 //!   [`PeerId`] is the SHA-256 of the public key, printed as 64 lowercase hex
 //!   digits and parsed back strictly. Identities are saved to and loaded from
-//!   a small text key file (format below) with owner-only permissions.
+//!   a small text key file (format below) with owner-only permissions,
+//!   and loaded only from a regular file the process's user owns.
 //! - **Batch sealing.** The [`Sealer`] trait seals one batch in place under
 //!   ChaCha20-Poly1305 with nonce = the batch's 64-bit sequence number, and
 //!   opens only the next expected sequence number, so replayed, reordered,
@@ -15,8 +16,15 @@
 //!   [`default_sealer`].
 //! - **Keys.** A [`SessionKey`] is one direction's 256-bit key, built from
 //!   the TLS exporter of the authenticated session with the labels
-//!   [`LABEL_DIALER_TO_LISTENER`] / [`LABEL_LISTENER_TO_DIALER`] (empty
-//!   context, 32 bytes), held in a `zeroize` buffer and wiped on drop.
+//!   [`LABEL_DIALER_TO_LISTENER`] / [`LABEL_LISTENER_TO_DIALER`] (the
+//!   two PeerIds as context, 32 bytes), held in a heap `zeroize` buffer and
+//!   wiped on drop.
+//! - **What is wiped.** The copies of secrets this crate owns are wiped on
+//!   drop: the identity's PKCS#8 document, [`SessionKey`], the key file
+//!   buffers, and [`ChaChaSealer`]'s cipher state. ring's own copies are
+//!   not: the Ed25519 key pair inside [`Identity`], and [`RingSealer`]'s
+//!   per-batch key (on the stack). docs/SECURITY-keys.md lists every copy
+//!   and what an operator can do about the rest.
 //!
 //! It does **not** do network I/O, TLS, certificates or key exchange (the
 //! transport crate builds the self-signed certificate from
@@ -38,7 +46,9 @@
 //! document (RFC 5958) as lowercase hex on one line, then an optional final
 //! newline; at most [`MAX_KEY_FILE_LEN`] bytes. [`Identity::save`] creates
 //! the file with mode `0600`, atomically, and never overwrites;
-//! [`Identity::load`] refuses a file group or others can access. The parser
+//! [`Identity::load`] refuses anything but a regular file owned by the
+//! process's effective uid that group and others cannot access, without
+//! blocking on a FIFO (see its docs for the symlink policy). The parser
 //! alone is [`Identity::from_file_bytes`].
 //!
 //! # Examples
@@ -82,8 +92,8 @@ mod peer_id;
 mod sealer;
 
 pub use identity::{
-    verify_signature, Identity, IdentityError, KEY_FILE_HEADER, MAX_KEY_FILE_LEN, PUBLIC_KEY_LEN,
-    SIGNATURE_LEN,
+    verify_signature, FileKind, Identity, IdentityError, KEY_FILE_HEADER, MAX_KEY_FILE_LEN,
+    PUBLIC_KEY_LEN, SIGNATURE_LEN,
 };
 pub use key::{
     KeyError, Role, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER, LABEL_LISTENER_TO_DIALER,

@@ -219,9 +219,17 @@ impl Counters {
 /// ChaCha20-Poly1305 from RustCrypto's `chacha20poly1305` crate, through the
 /// `aead` in-place API (with runtime CPU feature detection).
 ///
-/// The key lives inside the cipher value, which wipes it on drop.
+/// # What is wiped
+///
+/// The key lives inside the cipher value, on the heap, which wipes it on
+/// drop (`ZeroizeOnDrop`); the cipher value is built on the stack and moved
+/// into its box, and that stack slot is not wiped. Each batch's ChaCha20 state and Poly1305 state (the
+/// one-time MAC key) are built on the stack and wiped when the batch is
+/// done (`chacha20` and `poly1305` with their `zeroize` features). Copies
+/// the compiler leaves in registers or spilled stack slots are not.
 pub struct ChaChaSealer {
-    cipher: chacha20poly1305::ChaCha20Poly1305,
+    /// Boxed, so moving the sealer does not copy the key.
+    cipher: Box<chacha20poly1305::ChaCha20Poly1305>,
     counters: Counters,
 }
 
@@ -232,7 +240,7 @@ impl ChaChaSealer {
     }
 
     pub(crate) fn starting_at(key: SessionKey, next_seal: u64, next_open: u64) -> Self {
-        let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.expose().into());
+        let cipher = Box::new(chacha20poly1305::ChaCha20Poly1305::new(key.expose().into()));
         Self {
             cipher,
             counters: Counters::starting_at(next_seal, next_open),
@@ -277,10 +285,18 @@ impl fmt::Debug for ChaChaSealer {
 /// ChaCha20-Poly1305 from `ring` (the implementation rustls and quinn
 /// already use).
 ///
-/// `ring` does not wipe its expanded key copy on drop; the [`SessionKey`]
-/// this sealer was built from is wiped when `new` returns.
+/// # What is wiped
+///
+/// The sealer keeps the [`SessionKey`] it was built from (a wiped-on-drop
+/// buffer, see [`SessionKey`]) and builds ring's key value afresh for every
+/// batch, on the stack of the seal or open call. ring does not wipe that
+/// value: its last copy stays in that stack frame until later calls on the
+/// same thread overwrite it. No copy of the key is left in freed heap
+/// memory by this sealer. Building ring's key per batch costs a 32-byte
+/// copy and a cached CPU-feature check (see docs/BENCHMARKS.md, group
+/// `seal_vs_bare`).
 pub struct RingSealer {
-    key: ring::aead::LessSafeKey,
+    key: SessionKey,
     counters: Counters,
 }
 
@@ -291,13 +307,18 @@ impl RingSealer {
     }
 
     pub(crate) fn starting_at(key: SessionKey, next_seal: u64, next_open: u64) -> Self {
-        // ring rejects only keys of the wrong length; ours is KEY_LEN by type.
-        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key.expose())
-            .expect("a 32-byte key is valid for ChaCha20-Poly1305");
         Self {
-            key: ring::aead::LessSafeKey::new(unbound),
+            key,
             counters: Counters::starting_at(next_seal, next_open),
         }
+    }
+
+    /// ring's key for one batch. ring refuses only keys of the wrong length,
+    /// and ours is [`KEY_LEN`](crate::KEY_LEN) by type, so this does not fail.
+    fn ring_key(&self) -> Result<ring::aead::LessSafeKey, ()> {
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, self.key.expose())
+            .map(ring::aead::LessSafeKey::new)
+            .map_err(|_| ())
     }
 
     pub(crate) fn seal_raw(
@@ -307,7 +328,7 @@ impl RingSealer {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], ()> {
         let tag = self
-            .key
+            .ring_key()?
             .seal_in_place_separate_tag(
                 ring::aead::Nonce::assume_unique_for_key(*nonce),
                 ring::aead::Aad::from(aad),
@@ -326,7 +347,7 @@ impl RingSealer {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), ()> {
-        self.key
+        self.ring_key()?
             .open_in_place_separate_tag(
                 ring::aead::Nonce::assume_unique_for_key(*nonce),
                 ring::aead::Aad::from(aad),

@@ -155,6 +155,23 @@ fn error_messages() {
         IdentityError::NotAnIdentityKey("missing header line").to_string(),
         "key file is not a qudag identity key: missing header line"
     );
+    assert_eq!(
+        IdentityError::FileTooLarge {
+            path: PathBuf::from("/k"),
+            len: 2048,
+            max: 1024
+        }
+        .to_string(),
+        "key file /k is too large to be a qudag identity key (2048 bytes, limit 1024)"
+    );
+    assert_eq!(
+        IdentityError::NotAFile {
+            path: PathBuf::from("/k"),
+            kind: FileKind::Socket
+        }
+        .to_string(),
+        "key file /k is not a regular file: it is a socket"
+    );
 }
 
 #[test]
@@ -234,7 +251,8 @@ fn load_refuses_large_file_and_directory_and_missing() {
     drop(f);
     assert!(matches!(
         Identity::load(&big),
-        Err(IdentityError::TooLarge { .. })
+        Err(IdentityError::FileTooLarge { path, len, max })
+            if path == big && len == MAX_KEY_FILE_LEN as u64 + 1 && max == MAX_KEY_FILE_LEN as u64
     ));
 
     let sub = dir.0.join("sub");
@@ -246,7 +264,7 @@ fn load_refuses_large_file_and_directory_and_missing() {
     }
     assert!(matches!(
         Identity::load(&sub),
-        Err(IdentityError::NotAFile { .. })
+        Err(IdentityError::NotAFile { path, kind: FileKind::Directory }) if path == sub
     ));
 
     let missing = dir.0.join("missing.key");
@@ -262,6 +280,248 @@ fn load_refuses_large_file_and_directory_and_missing() {
     assert!(matches!(
         Identity::load(&junk),
         Err(IdentityError::NotAnIdentityKey(_))
+    ));
+}
+
+/// Runs `Identity::load(path)` on another thread and returns its result, or
+/// fails the test if it has not returned within a generous bound: a loader
+/// that blocks (as `File::open` does on a FIFO with no writer) fails here
+/// instead of hanging the suite. Before failing, `unblock` is run so the
+/// stuck thread can finish.
+#[cfg(unix)]
+#[track_caller]
+fn load_with_guard(path: &Path, unblock: impl FnOnce()) -> Result<Identity, IdentityError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(Identity::load(&p));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(result) => result,
+        Err(_) => {
+            unblock();
+            panic!("Identity::load({}) blocked", path.display());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
+/// Opening the FIFO's write end releases a reader blocked in `open`.
+#[cfg(unix)]
+fn release_fifo(path: &Path) -> impl FnOnce() + '_ {
+    move || {
+        let _ = std::fs::OpenOptions::new().write(true).open(path);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn load_refuses_a_fifo_without_blocking() {
+    let dir = TempDir::new();
+    let fifo = dir.0.join("node.key");
+    mkfifo(&fifo);
+    let err = load_with_guard(&fifo, release_fifo(&fifo)).unwrap_err();
+    assert!(
+        matches!(&err, IdentityError::NotAFile { path, kind: FileKind::Fifo } if *path == fifo),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "key file {} is not a regular file: it is a FIFO",
+            fifo.display()
+        )
+    );
+}
+
+/// The open itself does not block on a FIFO either, for the case where a
+/// FIFO replaces the file between `load`'s first look and its open: the
+/// opened handle is then refused by the checks on it.
+#[cfg(unix)]
+#[test]
+fn opening_a_fifo_does_not_block() {
+    let dir = TempDir::new();
+    let fifo = dir.0.join("node.key");
+    mkfifo(&fifo);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(open_key_file(&p).and_then(|f| f.metadata()));
+    });
+    let meta = match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(meta) => meta.unwrap(),
+        Err(_) => {
+            release_fifo(&fifo)();
+            panic!("open_key_file blocked on a FIFO");
+        }
+    };
+    assert!(matches!(
+        check_key_file(&fifo, &meta, effective_uid()),
+        Err(IdentityError::NotAFile {
+            kind: FileKind::Fifo,
+            ..
+        })
+    ));
+}
+
+#[cfg(unix)]
+#[test]
+fn load_refuses_character_devices() {
+    for dev in ["/dev/null", "/dev/zero"] {
+        let path = Path::new(dev);
+        if !path.exists() {
+            continue;
+        }
+        let err = load_with_guard(path, || {}).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::NotAFile { path: p, kind: FileKind::CharDevice } if p == path),
+            "{dev}: {err:?}"
+        );
+    }
+}
+
+/// The symlink policy: a link is followed and the file it leads to is
+/// checked like any other; a FIFO behind a link is still refused at once.
+#[cfg(unix)]
+#[test]
+fn load_follows_symlinks_and_checks_their_target() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = TempDir::new();
+    let key = dir.0.join("node.key");
+    let id = Identity::generate().unwrap();
+    id.save(&key).unwrap();
+    let link = dir.0.join("link.key");
+    symlink(&key, &link).unwrap();
+    assert_eq!(Identity::load(&link).unwrap().peer_id(), id.peer_id());
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(
+        Identity::load(&link),
+        Err(IdentityError::Permissions { path, mode: 0o640 }) if path == link
+    ));
+
+    let fifo = dir.0.join("fifo");
+    mkfifo(&fifo);
+    let to_fifo = dir.0.join("to-fifo.key");
+    symlink(&fifo, &to_fifo).unwrap();
+    assert!(matches!(
+        load_with_guard(&to_fifo, release_fifo(&fifo)),
+        Err(IdentityError::NotAFile {
+            kind: FileKind::Fifo,
+            ..
+        })
+    ));
+
+    let dangling = dir.0.join("dangling.key");
+    symlink(dir.0.join("nowhere"), &dangling).unwrap();
+    assert!(matches!(
+        Identity::load(&dangling),
+        Err(IdentityError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound
+    ));
+}
+
+/// The owner check itself, for any uid: a file we own, checked as if this
+/// process ran as another user, is refused.
+#[cfg(unix)]
+#[test]
+fn owner_check_compares_with_the_effective_uid() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let path = dir.0.join("node.key");
+    Identity::generate().unwrap().save(&path).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    let mine = meta.uid();
+    assert_eq!(effective_uid(), Some(mine));
+    check_key_file(&path, &meta, Some(mine)).unwrap();
+    let other = mine.wrapping_add(1);
+    let err = check_key_file(&path, &meta, Some(other)).unwrap_err();
+    assert!(
+        matches!(&err, IdentityError::Owner { path: p, owner, euid } if *p == path && *owner == mine && *euid == other),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "key file {} is owned by uid {mine}, not by this process's uid {other}; chown it or run as its owner",
+            path.display()
+        )
+    );
+}
+
+/// A real file owned by someone else. Only root can make one; as any other
+/// user the check is covered by `owner_check_compares_with_the_effective_uid`,
+/// and here a file owned by root (if any is found) is refused instead.
+#[cfg(unix)]
+#[test]
+fn load_refuses_a_file_owned_by_another_user() {
+    let dir = TempDir::new();
+    let path = dir.0.join("node.key");
+    Identity::generate().unwrap().save(&path).unwrap();
+    let me = effective_uid().unwrap();
+    if me == 0 {
+        let stranger = 4242;
+        std::os::unix::fs::chown(&path, Some(stranger), None).unwrap();
+        let err = Identity::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::Owner { owner, euid: 0, .. } if *owner == stranger),
+            "{err:?}"
+        );
+    } else {
+        // Not root: a root-owned regular file such as /etc/passwd is refused
+        // for its owner before its mode or contents are looked at.
+        let err = Identity::load(Path::new("/etc/passwd")).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::Owner { owner: 0, euid, .. } if *euid == me),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn check_order_is_type_owner_mode_size() {
+    let dir = TempDir::new();
+    let path = dir.0.join("big.key");
+    let mut f = create_private(&path).unwrap();
+    f.write_all(&vec![b'0'; MAX_KEY_FILE_LEN + 1]).unwrap();
+    drop(f);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(matches!(
+        check_key_file(&path, &meta, effective_uid()),
+        Err(IdentityError::FileTooLarge { .. })
+    ));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(matches!(
+            check_key_file(&path, &meta, effective_uid()),
+            Err(IdentityError::Permissions { mode: 0o644, .. })
+        ));
+        let other = effective_uid().unwrap().wrapping_add(1);
+        assert!(matches!(
+            check_key_file(&path, &meta, Some(other)),
+            Err(IdentityError::Owner { .. })
+        ));
+    }
+    let dir_meta = std::fs::metadata(&dir.0).unwrap();
+    assert!(matches!(
+        check_key_file(&dir.0, &dir_meta, Some(u32::MAX)),
+        Err(IdentityError::NotAFile {
+            kind: FileKind::Directory,
+            ..
+        })
     ));
 }
 

@@ -418,3 +418,13 @@ proptest! {
         prop_assert_eq!(r.next_open_seq(), expected);
     }
 }
+
+/// Neither sealer holds the key inline: moving one (into its `Box<dyn
+/// Sealer>`) copies pointers and counters, never key bytes.
+#[test]
+fn sealers_hold_the_key_behind_a_pointer() {
+    let words = |n: usize| n * std::mem::size_of::<usize>();
+    // One pointer and two u64 counters.
+    assert!(std::mem::size_of::<RingSealer>() <= words(1) + 16);
+    assert!(std::mem::size_of::<ChaChaSealer>() <= words(1) + 16);
+}

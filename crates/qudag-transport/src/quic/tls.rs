@@ -28,8 +28,7 @@ use rustls::crypto::{
     verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms,
 };
 use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
-    UnixTime,
+    CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
@@ -264,32 +263,67 @@ impl fmt::Debug for LocalCert {
 
 impl LocalCert {
     /// Makes a self-signed certificate for an Ed25519 PKCS#8 key.
+    ///
+    /// The key is parsed once, by rustls's ring provider, straight from the
+    /// caller's buffer: no copy of the PKCS#8 document is made, and rcgen
+    /// signs the certificate through that same signing key ([`CertSigner`])
+    /// instead of parsing the key a second time. What is left is ring's
+    /// parsed key pair inside the returned [`CertifiedKey`], which ring does
+    /// not wipe; it lives as long as the endpoint's TLS configurations
+    /// (docs/SECURITY-keys.md).
     pub(crate) fn new(pkcs8: &[u8]) -> Result<Self, String> {
-        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-            &PrivatePkcs8KeyDer::from(pkcs8),
-            &rcgen::PKCS_ED25519,
-        )
-        .map_err(|e| format!("identity key is not an Ed25519 PKCS#8 key: {e}"))?;
+        let signing = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8))
+            .map_err(|e| format!("identity key is not an Ed25519 PKCS#8 key: {e}"))?;
+        let signer = CertSigner::new(signing.as_ref())?;
         let params = rcgen::CertificateParams::new(vec!["qudag".to_owned()])
             .map_err(|e| format!("certificate parameters: {e}"))?;
         let cert = params
-            .self_signed(&key)
+            .self_signed(&signer)
             .map_err(|e| format!("self-signing the identity certificate: {e}"))?;
         let der = cert.der().clone();
         let public =
             ed25519_key(&der).map_err(|e| format!("generated certificate rejected: {e:?}"))?;
-        // The loader takes an owned DER copy and drops it unzeroized (as
-        // ring's key pair keeps the key unzeroized): one copy per endpoint.
-        let signing = provider()
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                pkcs8.to_vec(),
-            )))
-            .map_err(|e| format!("loading the identity key: {e}"))?;
         Ok(Self {
             certified: Arc::new(CertifiedKey::new(vec![der], signing)),
             peer: PeerId::from_public_key(&public),
         })
+    }
+}
+
+/// rcgen's view of a rustls Ed25519 signing key: rcgen signs the
+/// certificate through it and never sees the private key.
+struct CertSigner {
+    signer: Box<dyn rustls::sign::Signer>,
+    public: [u8; 32],
+}
+
+impl CertSigner {
+    fn new(key: &dyn rustls::sign::SigningKey) -> Result<Self, String> {
+        let not_ed25519 = || "identity key is not an Ed25519 key".to_owned();
+        let signer = key
+            .choose_scheme(&[SignatureScheme::ED25519])
+            .ok_or_else(not_ed25519)?;
+        let spki = key.public_key().ok_or_else(not_ed25519)?;
+        let public = spki_key(spki.as_ref()).map_err(|_| not_ed25519())?;
+        Ok(Self { signer, public })
+    }
+}
+
+impl rcgen::PublicKeyData for CertSigner {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+impl rcgen::SigningKey for CertSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.signer
+            .sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 
