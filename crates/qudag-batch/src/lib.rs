@@ -85,4 +85,4 @@ pub use config::{
     BatchConfig, ConfigError, FlushPolicy, DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY,
     DEFAULT_MAX_MESSAGES, MAX_MAX_BYTES, MIN_MAX_BYTES,
 };
-pub use session::{AckError, Inbox, InboxPlan, Outbox, ResumeOutcome};
+pub use session::{AckError, ConnectionRules, Inbox, InboxPlan, Outbox, ResumeOutcome, RuleError};

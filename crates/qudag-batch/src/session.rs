@@ -435,3 +435,135 @@ impl Inbox {
         self.next
     }
 }
+
+/// Why a frame breaks the order rules of one connection
+/// ([`ConnectionRules`]); each is a protocol violation (close code 4).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// A BATCH or ACK came before the peer's RESUME.
+    #[error("a {0} frame before RESUME")]
+    BeforeResume(&'static str),
+    /// A second RESUME on the same connection.
+    #[error("a second RESUME frame")]
+    SecondResume,
+    /// A RESUME with incarnation 0 (reserved for "none").
+    #[error("RESUME with incarnation 0")]
+    ZeroIncarnation,
+    /// An ACK not above the previous ACK on this connection (the first: not above 0).
+    #[error("an acknowledgement that does not advance ({ack} after {previous})")]
+    AckNotAdvancing {
+        /// The acknowledgement received.
+        ack: u64,
+        /// The previous one on this connection (0 before the first).
+        previous: u64,
+    },
+    /// A BATCH with no message.
+    #[error("an empty batch")]
+    EmptyBatch,
+    /// `first + count` does not fit in a `u64`.
+    #[error("message numbers overflow")]
+    NumberOverflow,
+}
+
+/// The order rules for the frames a peer sends on one connection
+/// (docs/PROTOCOL.md §5–§7), sans-IO: RESUME first and once, with a
+/// non-zero incarnation; each ACK above the one before it; no empty BATCH;
+/// message numbers that fit in a `u64`. A receiver runs every decoded frame
+/// through it before acting on it; what passes is then the business of
+/// [`Inbox`] (batches) and [`Outbox`] (ACK and RESUME contents).
+///
+/// The ACK rule is what makes an ACK flood cost nothing: a peer can only
+/// send ACKs that say something new, and there are at most as many of those
+/// as messages sent.
+///
+/// # Examples
+///
+/// ```
+/// use qudag_batch::{ConnectionRules, Resume, RuleError};
+///
+/// let mut rules = ConnectionRules::new();
+/// assert_eq!(rules.on_ack(1), Err(RuleError::BeforeResume("ACK")));
+/// rules.on_resume(&Resume { incarnation: 7, known: 0, next: 0 }).unwrap();
+/// assert_eq!(rules.on_ack(1), Ok(()));
+/// assert_eq!(rules.on_ack(1), Err(RuleError::AckNotAdvancing { ack: 1, previous: 1 }));
+/// assert_eq!(rules.on_batch(0, 0), Err(RuleError::EmptyBatch));
+/// assert_eq!(rules.on_batch(0, 3), Ok(7)); // the sender's incarnation
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionRules {
+    /// The peer's incarnation, from its RESUME.
+    peer: Option<u64>,
+    last_ack: u64,
+}
+
+impl ConnectionRules {
+    /// The rules of a new connection: nothing received yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The peer's RESUME.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::SecondResume`] or [`RuleError::ZeroIncarnation`].
+    pub fn on_resume(&mut self, resume: &Resume) -> Result<(), RuleError> {
+        if self.peer.is_some() {
+            return Err(RuleError::SecondResume);
+        }
+        if resume.incarnation == 0 {
+            return Err(RuleError::ZeroIncarnation);
+        }
+        self.peer = Some(resume.incarnation);
+        Ok(())
+    }
+
+    /// An ACK naming `next`.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::BeforeResume`] or [`RuleError::AckNotAdvancing`].
+    pub fn on_ack(&mut self, next: u64) -> Result<(), RuleError> {
+        if self.peer.is_none() {
+            return Err(RuleError::BeforeResume("ACK"));
+        }
+        if next <= self.last_ack {
+            return Err(RuleError::AckNotAdvancing {
+                ack: next,
+                previous: self.last_ack,
+            });
+        }
+        self.last_ack = next;
+        Ok(())
+    }
+
+    /// A BATCH whose first message is numbered `first`, holding `count`
+    /// messages, or just its header (`count` unknown yet: pass 1) to check
+    /// the order before opening it. Returns the sender's incarnation.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::BeforeResume`], [`RuleError::EmptyBatch`] or
+    /// [`RuleError::NumberOverflow`].
+    pub fn on_batch(&self, first: u64, count: usize) -> Result<u64, RuleError> {
+        let peer = self.peer.ok_or(RuleError::BeforeResume("BATCH"))?;
+        if count == 0 {
+            return Err(RuleError::EmptyBatch);
+        }
+        if first.checked_add(count as u64).is_none() {
+            return Err(RuleError::NumberOverflow);
+        }
+        Ok(peer)
+    }
+
+    /// The peer's incarnation, once its RESUME arrived.
+    pub fn peer_incarnation(&self) -> Option<u64> {
+        self.peer
+    }
+
+    /// The highest ACK received on this connection (0 before the first).
+    pub fn last_ack(&self) -> u64 {
+        self.last_ack
+    }
+}

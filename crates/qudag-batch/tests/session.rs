@@ -1,13 +1,14 @@
 //! Model-based tests of the sans-IO peer session ([`Outbox`] and [`Inbox`]):
 //! a sender and a receiver joined by connections that get cut, replaced,
 //! lose ACKs, and peers that restart; every accepted message must be
-//! delivered exactly once and in order, or handed back.
+//! delivered exactly once and in order, or handed back. And the order rules
+//! of one connection (`ConnectionRules`) against their model.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use proptest::prelude::*;
-use qudag_batch::{AckError, Inbox, InboxPlan, Outbox, Resume};
+use qudag_batch::{AckError, ConnectionRules, Inbox, InboxPlan, Outbox, Resume};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -434,4 +435,63 @@ fn inbox_drops_duplicates_and_accepts_a_skip() {
     // Messages 2..5 were handed back by the sender: 5 follows.
     assert_eq!(inbox.plan(9, 5, 1), InboxPlan::Deliver { skip: 0 });
     assert_eq!(inbox.plan(8, 5, 1), InboxPlan::Stale);
+}
+
+/// A frame as `ConnectionRules` sees it.
+#[derive(Debug, Clone)]
+enum RuleFrame {
+    Resume(u64),
+    Ack(u64),
+    Batch(u64, usize),
+}
+
+fn rule_frame() -> impl Strategy<Value = RuleFrame> {
+    prop_oneof![
+        prop::sample::select(vec![0u64, 1, 7, u64::MAX]).prop_map(RuleFrame::Resume),
+        (0u64..8).prop_map(RuleFrame::Ack),
+        prop::sample::select(vec![u64::MAX]).prop_map(RuleFrame::Ack),
+        ((0u64..8), 0usize..3).prop_map(|(f, c)| RuleFrame::Batch(f, c)),
+        Just(RuleFrame::Batch(u64::MAX, 1)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `ConnectionRules` accepts a sequence of frames exactly while it
+    /// follows the model: one RESUME first, with a non-zero incarnation;
+    /// every ACK above the previous one (the first above 0); no empty BATCH
+    /// and no number overflow. A refused frame changes nothing.
+    #[test]
+    fn connection_rules_follow_the_model(frames in prop::collection::vec(rule_frame(), 0..24)) {
+        let mut rules = ConnectionRules::new();
+        let (mut peer, mut last_ack) = (None::<u64>, 0u64);
+        for f in frames {
+            let before = rules.clone();
+            let (got, expected) = match f {
+                RuleFrame::Resume(inc) => {
+                    let ok = peer.is_none() && inc != 0;
+                    if ok { peer = Some(inc); }
+                    (rules.on_resume(&Resume { incarnation: inc, known: 0, next: 0 }).is_ok(), ok)
+                }
+                RuleFrame::Ack(n) => {
+                    let ok = peer.is_some() && n > last_ack;
+                    if ok { last_ack = n; }
+                    (rules.on_ack(n).is_ok(), ok)
+                }
+                RuleFrame::Batch(first, count) => {
+                    let ok = peer.is_some() && count > 0 && first.checked_add(count as u64).is_some();
+                    let got = rules.on_batch(first, count);
+                    if let Ok(inc) = got { prop_assert_eq!(Some(inc), peer); }
+                    (got.is_ok(), ok)
+                }
+            };
+            prop_assert_eq!(got, expected);
+            if !got {
+                prop_assert_eq!(&rules, &before, "a refused frame changes nothing");
+            }
+            prop_assert_eq!(rules.peer_incarnation(), peer);
+            prop_assert_eq!(rules.last_ack(), last_ack);
+        }
+    }
 }

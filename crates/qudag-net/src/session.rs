@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use qudag_batch::{
-    decode_body, CodecLimits, DecodeError, Frame, FrameDecoder, Inbox, InboxPlan, Resume,
+    decode_body, CodecLimits, ConnectionRules, DecodeError, Frame, FrameDecoder, Inbox, InboxPlan,
+    Resume, RuleError,
 };
 use qudag_crypto::{
     default_sealer, OpenError, PeerId, Sealer, SessionKey, KEY_LEN, LABEL_DIALER_TO_LISTENER,
@@ -391,8 +392,8 @@ fn decode_error(e: DecodeError) -> ReadFailure {
     ReadFailure::Protocol(ErrorKind::Decode, e.to_string())
 }
 
-fn sequence_error(detail: &str) -> ReadFailure {
-    ReadFailure::Protocol(ErrorKind::Sequence, detail.to_string())
+fn rule_error(e: RuleError) -> ReadFailure {
+    ReadFailure::Protocol(ErrorKind::Sequence, e.to_string())
 }
 
 async fn read_frames(
@@ -409,9 +410,8 @@ async fn read_frames(
     let mut buf = BytesMut::with_capacity(chunk);
     // Accounts the buffer's capacity in `memory` and gives it back however the reader ends.
     let mut held = Held::new(ctx.sink.clone(), buf.capacity());
-    // The peer's incarnation, from its RESUME: the first frame it sends.
-    let mut incarnation = None;
-    let mut last_ack = 0;
+    // RESUME first, ACKs that advance, no empty batch (docs/PROTOCOL.md §5-§7).
+    let mut rules = ConnectionRules::new();
     // Since when part of a frame has waited for the rest: an incomplete
     // frame may not hold its buffer longer than the frame timeout.
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -421,13 +421,7 @@ async fn read_frames(
             decoded = true;
             match frame {
                 Frame::Resume(r) => {
-                    if incarnation.is_some() {
-                        return Err(sequence_error("a second RESUME frame"));
-                    }
-                    if r.incarnation == 0 {
-                        return Err(sequence_error("RESUME with incarnation 0"));
-                    }
-                    incarnation = Some(r.incarnation);
+                    rules.on_resume(&r).map_err(rule_error)?;
                     if ctx.recv.inbox.lock().await.on_resume(r.incarnation) {
                         // A new incarnation of the peer (or first contact).
                         *ctx.recv.taken.lock() = Taken {
@@ -439,26 +433,17 @@ async fn read_frames(
                     signals.notify.notify_one();
                 }
                 Frame::Ack { next } => {
-                    if incarnation.is_none() {
-                        return Err(sequence_error("an ACK frame before RESUME"));
-                    }
-                    // Each ACK on a connection names more than the one
-                    // before (the first: more than 0). A repeat is a
-                    // protocol violation, so a flood of ACKs ends the
-                    // connection instead of costing the driver work.
-                    if next <= last_ack {
-                        return Err(sequence_error("an acknowledgement that does not advance"));
-                    }
-                    last_ack = next;
+                    // A repeat is a protocol violation, so a flood of ACKs
+                    // ends the connection instead of costing the driver work.
+                    rules.on_ack(next).map_err(rule_error)?;
                     signals.acked.store(next, Ordering::Release);
                     signals.notify.notify_one();
                 }
                 Frame::Batch(mut sealed) => {
-                    let Some(inc) = incarnation else {
-                        return Err(sequence_error("a BATCH frame before RESUME"));
-                    };
                     let seq = sealed.seq();
                     let first = sealed.first();
+                    // The order first (before the cost of opening it).
+                    let inc = rules.on_batch(first, 1).map_err(rule_error)?;
                     let (aad, body, tag) = sealed.parts_mut();
                     opener
                         .open_in_place(seq, aad, body, tag)
@@ -469,13 +454,7 @@ async fn read_frames(
                     let mut messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;
                     let count = messages.len();
-                    if count == 0 {
-                        // It carries nothing; the reference sender never writes one.
-                        return Err(sequence_error("an empty batch"));
-                    }
-                    if first.checked_add(count as u64).is_none() {
-                        return Err(sequence_error("message numbers overflow"));
-                    }
+                    rules.on_batch(first, count).map_err(rule_error)?;
                     ctx.sink.batch_received(count, wire);
                     let mut inbox = ctx.recv.inbox.lock().await;
                     let skip = match inbox.plan(inc, first, count) {
