@@ -8,7 +8,7 @@
 //! `chacha20poly1305`'s `AeadInPlace`), which the sealers wrap.
 //!
 //! The `seal_vs_bare` group puts the two `Sealer`s next to the bare AEADs
-//! at 64 B and 16 KiB; 16 KiB is the size the zeroization decision (docs/SECURITY-keys.md) is
+//! at 64 B and 16 KiB; 16 KiB is the size the zeroization decision (docs/SECURITY.md §5) is
 //! read at: each sealer against the fastest bare ChaCha20-Poly1305 in the
 //! tree (ring's `LessSafeKey`, built once and kept).
 //!

@@ -44,7 +44,7 @@ pub const SIGNATURE_LEN: usize = 64;
 /// really wanted). The PKCS#8 document (the seed) is held in a
 /// [`Zeroizing`] heap buffer and wiped on drop. ring's parsed key pair,
 /// which `sign` uses, holds the private scalar and prefix and is **not**
-/// wiped: ring offers no way to (docs/SECURITY-keys.md).
+/// wiped: ring offers no way to (docs/SECURITY.md §5).
 ///
 /// # Examples
 ///

@@ -23,7 +23,7 @@
 //!   drop: the identity's PKCS#8 document, [`SessionKey`], the key file
 //!   buffers, and [`ChaChaSealer`]'s cipher state. ring's own copies are
 //!   not: the Ed25519 key pair inside [`Identity`], and [`RingSealer`]'s
-//!   per-batch key (on the stack). docs/SECURITY-keys.md lists every copy
+//!   per-batch key (on the stack). docs/SECURITY.md §5 lists every copy
 //!   and what an operator can do about the rest.
 //!
 //! It does **not** do network I/O, TLS, certificates or key exchange (the

@@ -270,7 +270,7 @@ impl LocalCert {
     /// instead of parsing the key a second time. What is left is ring's
     /// parsed key pair inside the returned [`CertifiedKey`], which ring does
     /// not wipe; it lives as long as the endpoint's TLS configurations
-    /// (docs/SECURITY-keys.md).
+    /// (docs/SECURITY.md §5).
     pub(crate) fn new(pkcs8: &[u8]) -> Result<Self, String> {
         let signing = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(pkcs8))
             .map_err(|e| format!("identity key is not an Ed25519 PKCS#8 key: {e}"))?;
