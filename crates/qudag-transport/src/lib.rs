@@ -76,7 +76,9 @@ pub use error::{CloseReason, TransportError};
 pub use memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 pub use qudag_crypto::PeerId;
 #[cfg(feature = "quic")]
-pub use quic::{QuicConfig, QuicConfigError, QuicConnection, QuicTransport};
+pub use quic::{
+    QuicConfig, QuicConfigError, QuicConnection, QuicTransport, MAX_COUNT as QUIC_MAX_COUNT,
+};
 
 /// The sending half of a connection's ordered stream.
 pub type SendStream = Box<dyn AsyncWrite + Send + Unpin>;

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use qudag_crypto::PeerId;
 
+/// The largest `max_handshakes` or `accept_backlog` a [`QuicConfig`]
+/// accepts: 2^24.
+pub const MAX_COUNT: usize = 1 << 24;
+
 /// Settings of a [`QuicTransport`](super::QuicTransport).
 ///
 /// `Default` gives production values; each setter documents its default and
@@ -89,7 +93,8 @@ impl QuicConfig {
     /// limit is refused at once (QUIC `CONNECTION_REFUSED`), never queued.
     /// Completed connections waiting for `accept` also hold their slot, so
     /// this bounds the memory unaccepted peers can claim. `0` refuses every
-    /// inbound connection (a dial-only endpoint). Default: 256.
+    /// inbound connection (a dial-only endpoint). At most [`MAX_COUNT`].
+    /// Default: 256.
     pub fn max_handshakes(&mut self, n: usize) -> &mut Self {
         self.max_handshakes = n;
         self
@@ -157,7 +162,8 @@ impl QuicConfig {
 
     /// Connections that completed their handshake and wait for `accept`.
     /// Beyond that, handshakes wait (holding their
-    /// [`max_handshakes`](QuicConfig::max_handshakes) slot). Default: 128.
+    /// [`max_handshakes`](QuicConfig::max_handshakes) slot). Between 1 and
+    /// [`MAX_COUNT`]. Default: 128.
     pub fn accept_backlog(&mut self, n: usize) -> &mut Self {
         self.accept_backlog = n;
         self
@@ -182,6 +188,14 @@ impl QuicConfig {
         }
         if self.accept_backlog == 0 {
             return Err(QuicConfigError::ZeroBacklog);
+        }
+        for (field, value) in [
+            ("max_handshakes", self.max_handshakes),
+            ("accept_backlog", self.accept_backlog),
+        ] {
+            if value > MAX_COUNT {
+                return Err(QuicConfigError::TooLarge { field, value });
+            }
         }
         Ok(())
     }
@@ -211,6 +225,14 @@ pub enum QuicConfigError {
     /// The accept backlog is zero.
     #[error("accept backlog must be positive")]
     ZeroBacklog,
+    /// A count is above [`MAX_COUNT`].
+    #[error("{field} must be at most {MAX_COUNT}, got {value}")]
+    TooLarge {
+        /// The setter's name.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+    },
 }
 
 #[cfg(test)]
@@ -255,6 +277,18 @@ mod tests {
     }
 
     proptest! {
+        /// Any value of the counts, from 0 to `usize::MAX`, is valid or a
+        /// typed error; never more than `MAX_COUNT`.
+        #[test]
+        fn counts_are_bounded(handshakes in prop::sample::select(vec![0, 1, 256, MAX_COUNT, MAX_COUNT + 1, usize::MAX]),
+                              backlog in prop::sample::select(vec![0, 1, 128, MAX_COUNT, MAX_COUNT + 1, usize::MAX]),
+                              retry in any::<usize>(), per_ip in any::<usize>()) {
+            let mut c = QuicConfig::default();
+            c.max_handshakes(handshakes).accept_backlog(backlog).retry_above(retry).max_handshakes_per_ip(per_ip);
+            let ok = handshakes <= MAX_COUNT && (1..=MAX_COUNT).contains(&backlog);
+            prop_assert_eq!(c.validate().is_ok(), ok);
+        }
+
         #[test]
         fn valid_iff_keep_alive_below_idle(idle_ms in 0u64..100_000, ka_ms in 0u64..100_000) {
             let mut c = QuicConfig::default();

@@ -108,7 +108,7 @@ use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-pub use config::{QuicConfig, QuicConfigError};
+pub use config::{QuicConfig, QuicConfigError, MAX_COUNT};
 pub use tls::{peer_id_from_certificate, CertError, MAX_CERT_LEN};
 
 use crate::{
