@@ -32,6 +32,12 @@ use crate::{Event, NetError, UndeliveredReason};
 /// The largest frame buffer a session keeps between batches.
 const MAX_IDLE_WRITE_BUF: usize = 256 * 1024;
 
+/// The shortest wait between two dials of one peer, whatever the backoff
+/// says: a dial refused by a local limit takes no time and sets no backoff,
+/// and a backoff base of 0 is allowed, so without it a driver with waiting
+/// messages would retry in a busy loop until `unreachable_after`.
+const MIN_REDIAL_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// How long a shutting-down driver waits for the peer to read its last frames and close.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -562,11 +568,12 @@ impl Driver {
                 {
                     self.give_up();
                 } else {
+                    let floor = later(Instant::now(), MIN_REDIAL_DELAY);
                     let retry = self
                         .shared
                         .backoff
                         .retry_at(&self.peer.id)
-                        .map_or_else(Instant::now, Instant::from_std);
+                        .map_or(floor, |t| Instant::from_std(t).max(floor));
                     self.next_redial = Some(retry.min(deadline));
                 }
             }
