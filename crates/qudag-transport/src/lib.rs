@@ -62,6 +62,7 @@ mod error;
 mod memory;
 #[cfg(feature = "quic")]
 pub mod quic;
+mod text;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -77,6 +78,7 @@ pub use memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 pub use qudag_crypto::PeerId;
 #[cfg(feature = "quic")]
 pub use quic::{QuicConfig, QuicConfigError, QuicConnection, QuicTransport};
+pub use text::PeerText;
 
 /// The sending half of a connection's ordered stream.
 pub type SendStream = Box<dyn AsyncWrite + Send + Unpin>;
