@@ -91,14 +91,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), without colours
+/// and through [`LogWriter`]: log fields can quote a peer.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| LogWriter)
         .init();
+}
+
+/// Writes log lines to stderr with every control character but the line
+/// breaks escaped by [`PeerText`] (tracing-subscriber's own sanitising
+/// leaves CR and the bidi overrides alone).
+#[derive(Debug)]
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr()
+            .lock()
+            .write_all(escape_log(buf).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `buf` with its lines escaped by [`PeerText`], the line breaks kept.
+fn escape_log(buf: &[u8]) -> String {
+    let lines: Vec<String> = buf
+        .split(|&b| b == b'\n')
+        .map(|line| PeerText(line).to_string())
+        .collect();
+    lines.join("\n")
 }
 
 /// The error and its causes joined with `: `, skipping a cause whose text
@@ -152,6 +182,15 @@ mod tests {
             "cannot connect: closed by peer (code 7: \\u{1b}[2J\\u{1b}]0;t\\u{7}ok) next"
         );
         assert!(!line.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn log_lines_keep_their_breaks_and_lose_their_controls() {
+        let out = escape_log(b"WARN closing: \x1b[2J\r\x07 fake\nnext \xe2\x80\xae line\n");
+        assert_eq!(
+            out,
+            "WARN closing: \\u{1b}[2J\\u{d}\\u{7} fake\nnext \\u{202e} line\n"
+        );
     }
 
     #[test]
