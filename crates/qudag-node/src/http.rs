@@ -3,11 +3,11 @@
 //!
 //! Answers: `GET` or `HEAD /metrics` is 200 with the Prometheus text format
 //! ([`CONTENT_TYPE`]); any other path is 404; any other method is 405 (with
-//! `Allow: GET, HEAD`). hyper answers a request it cannot parse with 400, a
-//! request head larger than [`MAX_HEAD`] bytes or with more than
-//! [`MAX_HEADERS`] headers with 431, a request target too long for its parser
-//! with 414, and closes the connection without an answer when the head does
-//! not arrive within the header timeout.
+//! `Allow: GET, HEAD`). hyper answers a request it cannot parse with 400, and
+//! a request head larger than [`MAX_HEAD`] bytes (a long target included) or
+//! with more than [`MAX_HEADERS`] headers with 431 Request Header Fields Too
+//! Large; it closes the connection without an answer when the head does not
+//! arrive within the header timeout.
 //!
 //! Limits, so that slow or many clients cannot exhaust the process:
 //!
@@ -398,6 +398,11 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         let (out, _) = exchange(&many, Limits::default()).await;
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+
+        // A target longer than the head limit fills the buffer first: 431 too.
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "m".repeat(MAX_HEAD));
+        let (out, _) = exchange(long.as_bytes(), Limits::default()).await;
         assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
     }
 
