@@ -17,8 +17,9 @@ use qudag_net::{
 };
 use tokio::time::Instant;
 
+use crate::parse;
 use crate::report::{fmt_bytes, fmt_count, fmt_duration, rate, MergedLatency, Table};
-use crate::send::{describe_connect_error, secs, HandedBack};
+use crate::send::{describe_connect_error, HandedBack};
 
 /// How often the progress bar and the completion check look at the counters.
 const TICK: Duration = Duration::from_millis(10);
@@ -59,24 +60,25 @@ pub(crate) struct DemoArgs {
     /// Messages in total, split evenly over the sending pairs.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) messages: u64,
-    /// Payload size of each message, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    /// Payload size of each message, in bytes (at most the largest message, 1 MiB less framing).
+    #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = parse::message_size)]
     pub(crate) size: usize,
     /// Batch flush policy.
     #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
     pub(crate) policy: Policy,
-    /// Most messages per batch.
-    #[arg(long, default_value_t = 128)]
-    pub(crate) batch_size: usize,
+    /// Most messages per batch (1 to 4294967295).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch_size: u32,
     /// Who sends to whom.
     #[arg(long, value_enum, default_value_t = Topology::Ring)]
     pub(crate) topology: Topology,
-    /// Give up (exit non-zero) if the traffic is not acknowledged within this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-    pub(crate) timeout: f64,
-    /// Seconds each node's shutdown waits for outstanding acknowledgements.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub(crate) grace: f64,
+    /// Give up (exit non-zero) if the traffic is not acknowledged within this
+    /// many seconds (above 0, at most 2592000, i.e. 30 days).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse::seconds)]
+    pub(crate) timeout: Duration,
+    /// Seconds each node's shutdown waits for outstanding acknowledgements (above 0, at most 2592000).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse::seconds)]
+    pub(crate) grace: Duration,
 }
 
 /// The sending pairs `(from, to)` of `topology` over `n` nodes.
@@ -110,14 +112,13 @@ struct Node {
 
 /// Runs `demo`.
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let timeout = secs("timeout", args.timeout)?;
-    let grace = secs("grace", args.grace)?;
+    let (timeout, grace) = (args.timeout, args.grace);
     let n = usize::from(args.nodes);
     let mut config = ManagerConfig::default();
     config
         .batch_mut()
         .policy(args.policy.into())
-        .max_messages(args.batch_size);
+        .max_messages(args.batch_size as usize);
     config
         .batch_mut()
         .validate()

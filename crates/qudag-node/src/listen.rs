@@ -15,8 +15,8 @@ use qudag_net::{ConnectionManager, ManagerConfig, PeerId, QuicConfig, QuicTransp
 use tokio::time::Instant;
 
 use crate::keygen::load_identity;
+use crate::parse;
 use crate::report::{fmt_bytes, fmt_count, rate};
-use crate::send::secs;
 
 /// How often the linger wait looks at the open connections.
 const POLL: Duration = Duration::from_millis(10);
@@ -39,13 +39,21 @@ pub(crate) struct ListenArgs {
     /// Serve the Prometheus text format at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
-    /// Give up (exit non-zero) after this many seconds.
-    #[arg(long, value_name = "SECS")]
-    pub(crate) timeout: Option<f64>,
+    /// The most metrics connections served at once (1 to 4096); at the cap
+    /// the endpoint stops accepting and the kernel's backlog holds the rest.
+    #[arg(long, value_name = "N", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub(crate) metrics_max_connections: usize,
+    /// Seconds a metrics client has to send its request head (above 0, at most 3600).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse::header_timeout)]
+    pub(crate) metrics_header_timeout: Duration,
+    /// Give up (exit non-zero) after this many seconds (above 0, at most 2592000, i.e. 30 days).
+    #[arg(long, value_name = "SECS", value_parser = parse::seconds)]
+    pub(crate) timeout: Option<Duration>,
     /// Seconds to wait, after the last expected message, for the senders to
-    /// collect their acknowledgements and disconnect.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub(crate) linger: f64,
+    /// collect their acknowledgements and disconnect (above 0, at most 2592000).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse::seconds)]
+    pub(crate) linger: Duration,
 }
 
 /// What was received.
@@ -80,8 +88,8 @@ impl Received {
 
 /// Runs `listen`.
 pub(crate) async fn run(args: ListenArgs) -> anyhow::Result<()> {
-    let linger = secs("linger", args.linger)?;
-    let timeout = args.timeout.map(|t| secs("timeout", t)).transpose()?;
+    let linger = args.linger;
+    let timeout = args.timeout;
     let identity = load_identity(args.key.as_deref())?;
     let mut quic = QuicConfig::default();
     if !args.allow.is_empty() {
@@ -102,18 +110,24 @@ pub(crate) async fn run(args: ListenArgs) -> anyhow::Result<()> {
 
     let server = match args.metrics {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = crate::http::bind(addr)
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
             println!("metrics http://{}/metrics", listener.local_addr()?);
+            let limits = crate::http::Limits {
+                max_connections: args.metrics_max_connections,
+                header_timeout: args.metrics_header_timeout,
+            };
+            let metrics = manager.metrics_sink();
             Some(tokio::spawn(crate::http::serve(
                 listener,
-                manager.metrics_sink(),
+                limits,
+                Arc::new(move || metrics.encode_prometheus()),
             )))
         }
         None => None,
     };
 
+    // The parsers bound both durations to 30 days: these sums cannot overflow.
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut got = Received::default();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());

@@ -8,25 +8,30 @@
 //! - `keygen --out FILE`: writes an identity key (mode 0600), prints its PeerId.
 //! - `listen --bind ADDR`: prints `listening <peer_id>@<addr>` as its first
 //!   line on stdout, then receives (optionally until `--expect N` messages),
-//!   optionally serving Prometheus metrics over HTTP (`--metrics ADDR`).
+//!   optionally serving Prometheus metrics over HTTP (`--metrics ADDR`; see
+//!   `http.rs` for its limits).
 //! - `send --to PEERID@ADDR --count N --size BYTES`: sends, waits for the
 //!   acknowledgements, and exits 0 only if every message was delivered.
 //!
 //! What it does not do: discovery, routing, resending handed-back messages,
 //! or daemon management. Errors are printed as one `error: ...` line on
-//! stderr with a non-zero exit code; logs go to stderr and are filtered by
+//! stderr with a non-zero exit code, with control characters escaped (they
+//! may quote a peer); a numeric flag out of its documented range is a usage
+//! error naming the flag (exit 2). Logs go to stderr and are filtered by
 //! `RUST_LOG` (default `warn`).
 
 mod demo;
 mod http;
 mod keygen;
 mod listen;
+mod parse;
 mod report;
 mod send;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use qudag_transport::PeerText;
 
 /// Exit code of a run that failed (clap uses 2 for usage errors).
 const EXIT_FAILURE: u8 = 1;
@@ -80,20 +85,50 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&chain_text(&e)));
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(EXIT_FAILURE)
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), without colours
+/// and through [`LogWriter`]: log fields can quote a peer.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| LogWriter)
         .init();
+}
+
+/// Writes log lines to stderr with every control character but the line
+/// breaks escaped by [`PeerText`] (tracing-subscriber's own sanitising
+/// leaves CR and the bidi overrides alone).
+#[derive(Debug)]
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr()
+            .lock()
+            .write_all(escape_log(buf).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `buf` with its lines escaped by [`PeerText`], the line breaks kept.
+fn escape_log(buf: &[u8]) -> String {
+    let lines: Vec<String> = buf
+        .split(|&b| b == b'\n')
+        .map(|line| PeerText(line).to_string())
+        .collect();
+    lines.join("\n")
 }
 
 /// The error and its causes joined with `: `, skipping a cause whose text
@@ -115,6 +150,13 @@ fn chain_text(e: &anyhow::Error) -> String {
     out
 }
 
+/// The one line printed for a failed run. Error texts can quote a peer (a
+/// close reason, a detail from the QUIC stack), so whatever could drive the
+/// terminal is escaped with [`PeerText`] after folding.
+fn error_line(e: &anyhow::Error) -> String {
+    PeerText(one_line(&chain_text(e)).as_bytes()).to_string()
+}
+
 /// Folds a possibly multi-line message into one line.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -128,6 +170,27 @@ mod tests {
     fn one_line_folds_newlines_and_runs_of_spaces() {
         assert_eq!(one_line("a\nb  c\r\n d"), "a b c d");
         assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn error_lines_escape_terminal_controls() {
+        let e = anyhow::anyhow!("closed by peer (code 7: \x1b[2J\x1b]0;t\x07ok)\nnext")
+            .context("cannot connect");
+        let line = error_line(&e);
+        assert_eq!(
+            line,
+            "cannot connect: closed by peer (code 7: \\u{1b}[2J\\u{1b}]0;t\\u{7}ok) next"
+        );
+        assert!(!line.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn log_lines_keep_their_breaks_and_lose_their_controls() {
+        let out = escape_log(b"WARN closing: \x1b[2J\r\x07 fake\nnext \xe2\x80\xae line\n");
+        assert_eq!(
+            out,
+            "WARN closing: \\u{1b}[2J\\u{d}\\u{7} fake\nnext \\u{202e} line\n"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::demo::Policy;
 use crate::keygen::load_identity;
+use crate::parse;
 use crate::report::{rate, SendSummary};
 
 /// How often the ack wait looks at the counters.
@@ -33,11 +34,12 @@ pub(crate) struct SendArgs {
     /// How many messages to send.
     #[arg(long, value_name = "N")]
     pub(crate) count: u64,
-    /// Payload size of each message, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    /// Payload size of each message, in bytes (at most the largest message, 1 MiB less framing).
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = parse::message_size)]
     pub(crate) size: usize,
-    /// Send at most this many messages per second (default: as fast as the peer acknowledges).
-    #[arg(long, value_name = "R")]
+    /// Send at most this many messages per second, from 0.001 to 1e9
+    /// (default: as fast as the peer acknowledges).
+    #[arg(long, value_name = "R", value_parser = parse::rate)]
     pub(crate) rate: Option<f64>,
     /// Identity key file (default: a fresh identity for this run).
     #[arg(long, value_name = "FILE")]
@@ -52,23 +54,16 @@ pub(crate) struct SendArgs {
     /// Batch flush policy.
     #[arg(long, value_enum, default_value_t = Policy::Adaptive)]
     pub(crate) policy: Policy,
-    /// Seconds allowed to connect (dial, TLS handshake, session set-up).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub(crate) connect_timeout: f64,
-    /// Seconds allowed for the whole run after connecting, acknowledgements included.
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-    pub(crate) timeout: f64,
-    /// Seconds the final shutdown waits for outstanding acknowledgements.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub(crate) grace: f64,
-}
-
-/// A duration from a number of seconds given on the command line.
-pub(crate) fn secs(name: &str, s: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
+    /// Seconds allowed to connect (dial, TLS handshake, session set-up); above 0, at most 2592000.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse::seconds)]
+    pub(crate) connect_timeout: Duration,
+    /// Seconds allowed for the whole run after connecting, acknowledgements
+    /// included; above 0, at most 2592000 (30 days).
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse::seconds)]
+    pub(crate) timeout: Duration,
+    /// Seconds the final shutdown waits for outstanding acknowledgements; above 0, at most 2592000.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse::seconds)]
+    pub(crate) grace: Duration,
 }
 
 /// The address to bind when none is given: port 0 on the loopback address of
@@ -159,14 +154,9 @@ impl HandedBack {
 
 /// Runs `send`.
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let connect_timeout = secs("connect-timeout", args.connect_timeout)?;
-    let timeout = secs("timeout", args.timeout)?;
-    let grace = secs("grace", args.grace)?;
-    if let Some(r) = args.rate {
-        if !(r.is_finite() && r > 0.0) {
-            bail!("--rate must be a positive number of messages per second, got {r}");
-        }
-    }
+    // The parsers bound every duration to 30 days and the rate to
+    // 0.001..=1e9 per second, so no sum below overflows.
+    let (connect_timeout, timeout, grace) = (args.connect_timeout, args.timeout, args.grace);
     let identity = load_identity(args.key.as_deref())?;
     let to = args.to;
     let bind = args.bind.unwrap_or_else(|| default_bind(to.addr));
@@ -211,11 +201,16 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut stop: Option<String> = None;
     while sent < args.count {
         if let Some(r) = args.rate {
-            let due = start + Duration::from_secs_f64(sent as f64 / r);
-            if due > deadline {
+            // `sent / r` can exceed any duration (a slow rate, a huge count):
+            // a due time past the deadline, or past what a clock can hold, ends the run.
+            let due = Duration::try_from_secs_f64(sent as f64 / r)
+                .ok()
+                .and_then(|d| start.checked_add(d))
+                .filter(|&due| due <= deadline);
+            let Some(due) = due else {
                 stop = Some(format!("timed out after {timeout:?} while sending"));
                 break;
-            }
+            };
             tokio::time::sleep_until(due).await;
         }
         // `send` waits while the queue is full; an event (a lost connection)
@@ -355,15 +350,6 @@ mod tests {
             "unreachable",
         );
         check(NetError::Shutdown, "cannot connect");
-    }
-
-    #[test]
-    fn seconds_must_be_positive_and_finite() {
-        assert_eq!(secs("x", 1.5).unwrap(), Duration::from_millis(1500));
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            let e = secs("timeout", bad).unwrap_err();
-            assert!(e.to_string().contains("--timeout"), "{e}");
-        }
     }
 
     #[test]

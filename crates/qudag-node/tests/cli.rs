@@ -499,3 +499,207 @@ fn sender_fails_fast_when_the_listener_goes_away() {
     );
     assert!(l.finish().status.success());
 }
+
+/// The absurd values every numeric flag is tried with (besides 0, 1 and its maximum).
+const ABSURD: [&str; 6] = ["1e19", "1e-20", "-1", "NaN", "inf", "100000000000"];
+
+/// The largest `--size`, read from the refusal of a larger one (so the test
+/// follows the library's limit instead of copying it).
+fn max_size() -> String {
+    let f = run(&[
+        "send",
+        "--to",
+        &format!("{}@127.0.0.1:9", other_peer_id()),
+        "--count",
+        "1",
+        "--size",
+        &u64::MAX.to_string(),
+    ]);
+    assert_eq!(f.status.code(), Some(2), "{:?}", f.stderr);
+    let tail = f
+        .stderr
+        .split("largest message of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no limit in {:?}", f.stderr));
+    tail.split(' ').next().expect("a number").to_owned()
+}
+
+/// One row of the numeric-flag table: a subcommand's base arguments (a run
+/// that ends quickly), a flag, its maximum, whether the absurd value
+/// `100000000000` is in range, and the values it is tried with.
+struct FlagCase {
+    base: Vec<String>,
+    flag: &'static str,
+    max: String,
+    big_is_valid: bool,
+}
+
+/// `base` with `flag` set to `value` (replacing the base's own value).
+fn with_flag(base: &[String], flag: &str, value: &str) -> Vec<String> {
+    let mut args = Vec::with_capacity(base.len() + 1);
+    let mut it = base.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            it.next();
+        } else {
+            args.push(a.clone());
+        }
+    }
+    args.push(format!("{flag}={value}"));
+    args
+}
+
+#[test]
+fn numeric_flags_never_panic_and_refuse_absurd_values_by_name() {
+    // A target for `send`, so that values in range really run.
+    let l = listen(&["--bind", "127.0.0.1:0", "--timeout", "170"]);
+    let to = l.peer_addr().to_owned();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let demo = s(&[
+        "demo",
+        "--nodes",
+        "2",
+        "--messages",
+        "10",
+        "--timeout",
+        "2",
+        "--grace",
+        "0.5",
+    ]);
+    let listen_base = s(&[
+        "listen",
+        "--bind",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--expect",
+        "0",
+        "--timeout",
+        "0.5",
+        "--linger",
+        "0.5",
+    ]);
+    let send = s(&[
+        "send",
+        "--to",
+        &to,
+        "--count",
+        "1",
+        "--size",
+        "8",
+        "--connect-timeout",
+        "20",
+        "--timeout",
+        "1",
+        "--grace",
+        "0.5",
+    ]);
+    let u64_max = u64::MAX.to_string();
+    let days30 = "2592000".to_owned();
+    let size_max = max_size();
+    let case = |base: &Vec<String>, flag, max: &str, big_is_valid| FlagCase {
+        base: base.clone(),
+        flag,
+        max: max.to_owned(),
+        big_is_valid,
+    };
+    let cases = vec![
+        case(&demo, "--nodes", "64", false),
+        case(&demo, "--messages", &u64_max, true),
+        case(&demo, "--size", &size_max, false),
+        case(&demo, "--batch-size", "4294967295", false),
+        case(&demo, "--timeout", &days30, false),
+        case(&demo, "--grace", &days30, false),
+        case(&listen_base, "--expect", &u64_max, true),
+        case(&listen_base, "--timeout", &days30, false),
+        case(&listen_base, "--linger", &days30, false),
+        case(&listen_base, "--metrics-max-connections", "4096", false),
+        case(&listen_base, "--metrics-header-timeout", "3600", false),
+        case(&send, "--count", &u64_max, true),
+        case(&send, "--size", &size_max, false),
+        case(&send, "--rate", "1000000000", false),
+        case(&send, "--connect-timeout", &days30, false),
+        case(&send, "--timeout", &days30, false),
+        case(&send, "--grace", &days30, false),
+    ];
+    let mut runs = Vec::new();
+    for c in &cases {
+        for value in ["0", "1", c.max.as_str()].into_iter().chain(ABSURD) {
+            let must_refuse =
+                ABSURD.contains(&value) && !(value == "100000000000" && c.big_is_valid);
+            runs.push((
+                with_flag(&c.base, c.flag, value),
+                c.flag,
+                value.to_owned(),
+                must_refuse,
+            ));
+        }
+    }
+    // Two at a time: the machine has two cores.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let (a, b) = runs.split_at(runs.len() / 2);
+        let work = |part: &[(Vec<String>, &'static str, String, bool)]| {
+            part.iter()
+                .map(|(args, flag, value, must_refuse)| {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    (
+                        args.join(" "),
+                        *flag,
+                        value.clone(),
+                        *must_refuse,
+                        run(&args),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let ha = scope.spawn(move || work(a));
+        let hb = scope.spawn(move || work(b));
+        let mut all = ha.join().expect("first half");
+        all.extend(hb.join().expect("second half"));
+        all
+    });
+    assert_eq!(results.len(), cases.len() * 9);
+    for (line, flag, value, must_refuse, f) in &results {
+        let code = f.status.code();
+        assert!(
+            code.is_some() && code != Some(101) && code != Some(134),
+            "`{line}` ended with {:?}: {:?}",
+            f.status,
+            f.stderr
+        );
+        assert!(
+            !f.stderr.contains("panicked"),
+            "`{line}` panicked: {:?}",
+            f.stderr
+        );
+        if !f.status.success() {
+            assert!(
+                f.stderr.contains("error"),
+                "`{line}` failed without a message: {:?}",
+                f.stderr
+            );
+        }
+        if *must_refuse {
+            assert!(!f.status.success(), "`{line}` accepted {flag}={value}");
+            assert!(
+                f.stderr.contains(flag),
+                "`{line}`: the message does not name {flag}: {:?}",
+                f.stderr
+            );
+        }
+    }
+    // Values in range work: a few that must succeed.
+    for (line, _, _, _, f) in &results {
+        let ok_expected = [
+            "--timeout=2592000",
+            "--connect-timeout=2592000",
+            "--rate=1000000000",
+            "--metrics-max-connections=4096",
+            "--expect=0",
+        ];
+        if ok_expected.iter().any(|s| line.ends_with(s)) {
+            assert!(f.status.success(), "`{line}` failed: {:?}", f.stderr);
+        }
+    }
+    drop(l);
+}

@@ -6,7 +6,13 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use qudag_crypto::PeerId;
 
+use crate::text::PeerText;
+
 /// Why a connection ended.
+///
+/// Its `Display` escapes the reason bytes and the `Lost` text with
+/// [`PeerText`]: a peer chooses them, and printing them must not drive the
+/// reader's terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -41,20 +47,12 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Local { code, reason } => {
-                write!(
-                    f,
-                    "closed locally (code {code}: {})",
-                    String::from_utf8_lossy(reason)
-                )
+                write!(f, "closed locally (code {code}: {})", PeerText(reason))
             }
             CloseReason::Remote { code, reason } => {
-                write!(
-                    f,
-                    "closed by peer (code {code}: {})",
-                    String::from_utf8_lossy(reason)
-                )
+                write!(f, "closed by peer (code {code}: {})", PeerText(reason))
             }
-            CloseReason::Lost(why) => write!(f, "connection lost: {why}"),
+            CloseReason::Lost(why) => write!(f, "connection lost: {}", PeerText(why.as_bytes())),
             CloseReason::EndpointClosed => f.write_str("local endpoint closed"),
         }
     }
@@ -63,12 +61,13 @@ impl fmt::Display for CloseReason {
 /// Errors of a [`Transport`](crate::Transport) or [`Connection`](crate::Connection).
 ///
 /// Every variant that concerns one peer carries it, so a caller can report
-/// and act on the error without extra bookkeeping.
+/// and act on the error without extra bookkeeping. Its `Display` escapes the
+/// `detail` strings with [`PeerText`], since some quote what a peer sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// Nothing answers at the address (no endpoint, unreachable, timed out before any reply).
-    #[error("peer {peer} at {addr} is unreachable: {detail}")]
+    #[error("peer {peer} at {addr} is unreachable: {}", PeerText(.detail.as_bytes()))]
     Unreachable {
         /// The peer that was dialed.
         peer: PeerId,
@@ -78,7 +77,7 @@ pub enum TransportError {
         detail: String,
     },
     /// The remote endpoint refused the connection (for example its allow-list, or its limit on handshakes).
-    #[error("peer {peer} refused the connection: {detail}")]
+    #[error("peer {peer} refused the connection: {}", PeerText(.detail.as_bytes()))]
     Refused {
         /// The refusing peer (as dialed).
         peer: PeerId,
@@ -108,7 +107,7 @@ pub enum TransportError {
         addr: SocketAddr,
     },
     /// The handshake failed (bad certificate, bad signature, protocol mismatch).
-    #[error("handshake with {addr} failed: {detail}")]
+    #[error("handshake with {addr} failed: {}", PeerText(.detail.as_bytes()))]
     Handshake {
         /// The peer, when known (outbound dials).
         peer: Option<PeerId>,
@@ -132,7 +131,7 @@ pub enum TransportError {
         peer: PeerId,
     },
     /// The peer broke the transport's wire protocol (for example a wrong stream preamble).
-    #[error("peer {peer} broke the transport protocol: {detail}")]
+    #[error("peer {peer} broke the transport protocol: {}", PeerText(.detail.as_bytes()))]
     Protocol {
         /// The peer of the connection.
         peer: PeerId,
@@ -149,7 +148,7 @@ pub enum TransportError {
     #[error("local endpoint is closed")]
     EndpointClosed,
     /// Setting up the local endpoint failed (bind, TLS configuration).
-    #[error("endpoint setup failed: {0}")]
+    #[error("endpoint setup failed: {}", PeerText(.0.as_bytes()))]
     Setup(String),
     /// An I/O error on the local socket.
     #[error("i/o error on the local socket")]

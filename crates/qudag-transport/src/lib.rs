@@ -62,6 +62,7 @@ mod error;
 mod memory;
 #[cfg(feature = "quic")]
 pub mod quic;
+mod text;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ pub use qudag_crypto::PeerId;
 pub use quic::{
     QuicConfig, QuicConfigError, QuicConnection, QuicTransport, MAX_COUNT as QUIC_MAX_COUNT,
 };
+pub use text::PeerText;
 
 /// The sending half of a connection's ordered stream.
 pub type SendStream = Box<dyn AsyncWrite + Send + Unpin>;

@@ -111,6 +111,7 @@ use tokio::task::JoinHandle;
 pub use config::{QuicConfig, QuicConfigError, MAX_COUNT};
 pub use tls::{peer_id_from_certificate, CertError, MAX_CERT_LEN};
 
+use crate::text::{escaped, PeerText};
 use crate::{
     CloseReason, Connection, PeerAddr, RecvStream, SendStream, Side, Transport, TransportError,
 };
@@ -421,9 +422,14 @@ fn dial_error(
                 String::from_utf8_lossy(ALPN)
             ))
         }
+        // The reason bytes are the peer's: escape them (see `PeerText`).
         ConnectionError::ApplicationClosed(c) => TransportError::Refused {
             peer: to.peer,
-            detail: format!("closed during the handshake: {c}"),
+            detail: format!(
+                "closed during the handshake (code {}: {})",
+                c.error_code,
+                PeerText(&c.reason)
+            ),
         },
         ConnectionError::TimedOut => TransportError::Unreachable {
             peer: to.peer,
@@ -438,7 +444,8 @@ fn dial_error(
         ConnectionError::LocallyClosed if shared.closed.load(Ordering::Acquire) => {
             TransportError::EndpointClosed
         }
-        other => handshake(other.to_string()),
+        // A CONNECTION_CLOSE frame carries the peer's reason text.
+        other => handshake(escaped(other.to_string())),
     }
 }
 
@@ -570,7 +577,7 @@ async fn read_acceptance(conn: &quinn::Connection) -> Result<(), Acceptance> {
         Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
             Err(Acceptance::Lost(e))
         }
-        Err(e) => Err(Acceptance::Bad(format!("acceptance stream: {e}"))),
+        Err(e) => Err(Acceptance::Bad(escaped(format!("acceptance stream: {e}")))),
     }
 }
 
@@ -795,7 +802,8 @@ impl QuicConnection {
             },
             ConnectionError::TimedOut => CloseReason::Lost("idle timeout".into()),
             ConnectionError::Reset => CloseReason::Lost("reset by peer".into()),
-            other => CloseReason::Lost(other.to_string()),
+            // A CONNECTION_CLOSE frame carries the peer's reason text.
+            other => CloseReason::Lost(escaped(other.to_string())),
         }
     }
 
@@ -855,7 +863,7 @@ impl Connection for QuicConnection {
                     .await
                     .map_err(|e| match e {
                         quinn::WriteError::ConnectionLost(e) => self.closed_error(&e),
-                        other => self.protocol_error(format!("batch stream: {other}")),
+                        other => self.protocol_error(escaped(format!("batch stream: {other}"))),
                     })?;
                 Ok((Box::new(send), Box::new(recv)))
             }
@@ -874,7 +882,7 @@ impl Connection for QuicConnection {
                     Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
                         Err(self.closed_error(&e))
                     }
-                    Err(e) => Err(self.protocol_error(format!("batch stream: {e}"))),
+                    Err(e) => Err(self.protocol_error(escaped(format!("batch stream: {e}")))),
                 }
             }
         }
