@@ -720,7 +720,11 @@ async fn inbound(
             // Waits while the backlog is full, holding the handshake slot.
             let _ = tx.send(conn).await;
         }
-        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "inbound handshake failed"),
+        // quinn's text may carry the peer's close reason: escaped.
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            tracing::debug!(%remote, error = %crate::PeerText(e.as_bytes()), "inbound handshake failed");
+        }
         Err(_) => tracing::debug!(%remote, "inbound handshake timed out"),
     }
     drop(slot);
