@@ -80,6 +80,17 @@ pub(crate) struct Peer {
     /// Payload bytes of this peer's accepted messages not yet acknowledged
     /// or handed back (`queue_bytes`).
     pub(crate) budget: ByteBudget,
+    /// A batch was written to the peer (new or resent).
+    pub(crate) sent: std::sync::atomic::AtomicBool,
+}
+
+impl Peer {
+    /// True once a message went either way with this peer: its state is
+    /// worth keeping, and its connections are not a stranger's idle ones.
+    pub(crate) fn exchanged(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.sent.load(Acquire) || self.recv.used.load(Acquire)
+    }
 }
 
 pub(crate) struct Driver {
@@ -140,7 +151,12 @@ fn signals_of(session: &Option<Session>) -> Option<Arc<session::Signals>> {
 }
 
 impl Driver {
-    pub(crate) fn spawn(shared: Arc<Shared>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        id: PeerId,
+        addr: Option<SocketAddr>,
+        recv: Option<Arc<RecvState>>,
+    ) -> Arc<Peer> {
         let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
         let (ctl_tx, ctl) = mpsc::unbounded_channel();
         let peer = Arc::new(Peer {
@@ -149,8 +165,9 @@ impl Driver {
             tx,
             ctl: ctl_tx,
             state: Mutex::new(StateMachine::new()),
-            recv: RecvState::new(),
+            recv: recv.unwrap_or_else(RecvState::new),
             budget: ByteBudget::new(shared.config.queue_bytes),
+            sent: std::sync::atomic::AtomicBool::new(false),
         });
         let driver = Driver {
             outbox: Outbox::new(shared.incarnation),
@@ -281,8 +298,32 @@ impl Driver {
         if late.is_empty() && late_ctl.is_empty() {
             return;
         }
+        if self.shared.is_shutting_down() {
+            // A successor would not be told to shut down: settle it here.
+            self.hand_back(late, UndeliveredReason::Shutdown, false);
+            for ctl in late_ctl {
+                match ctl {
+                    Ctl::Connect(reply) => {
+                        let _ = reply.send(Err(NetError::Shutdown));
+                    }
+                    Ctl::Disconnect(reply) => {
+                        let _ = reply.send(());
+                    }
+                    Ctl::Inbound(session) => session.handle.close(CloseCode::Shutdown),
+                    Ctl::Expire(handle) => handle.close(CloseCode::Expired),
+                    Ctl::Shutdown { done, .. } => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            return;
+        }
         let addr = *self.peer.addr.lock();
-        let next = self.shared.peer(id, addr);
+        // The successor keeps this driver's receiving state: a session set
+        // up against it meanwhile (its reader holds it) stays valid there.
+        let next = self
+            .shared
+            .peer_with(id, addr, Some(self.peer.recv.clone()));
         for env in late {
             let len = env.payload.len();
             // Its bytes move with it (already accepted: they may overshoot).
@@ -312,13 +353,7 @@ impl Driver {
     /// `peer_idle_timeout`, so that a resend after a lost connection is
     /// still recognised as a duplicate.
     fn retire_after(&self) -> std::time::Duration {
-        let stranger = !self.shared.is_known(&self.peer.id)
-            && self.outbox.next_number() == 0
-            && !self
-                .peer
-                .recv
-                .used
-                .load(std::sync::atomic::Ordering::Acquire);
+        let stranger = !self.shared.is_known(&self.peer.id) && !self.peer.exchanged();
         if !stranger {
             self.shared.config.peer_idle_timeout
         } else if self.had_session {
@@ -483,6 +518,7 @@ impl Driver {
     /// window holds is resent on it once the peer's RESUME arrives.
     fn adopt(&mut self, mut session: Session) {
         session.adopted_at = Instant::now();
+        session.signals.adopt();
         self.had_session = true;
         self.winner_due = None;
         self.session = Some(session);
@@ -505,6 +541,13 @@ impl Driver {
     /// loses nothing and is not a failure: the session goes on over the new
     /// connection, the state stays Connected.
     fn inbound(&mut self, session: Session) {
+        if !Arc::ptr_eq(&session.recv, &self.peer.recv) {
+            // Set up against a driver of this peer that retired since: its
+            // reader delivers into other state. It has delivered nothing
+            // (a reader waits for adoption), so the peer resends elsewhere.
+            session.handle.close(CloseCode::Normal);
+            return;
+        }
         if let Some(current) = &self.session {
             if current.handle.conn.is_alive() {
                 let keep_new = match current.handle.conn.side() {
@@ -656,7 +699,9 @@ impl Driver {
             .session
             .as_mut()
             .expect("may_send_new implies a session");
-        s.handle.mark_carried();
+        self.peer
+            .sent
+            .store(true, std::sync::atomic::Ordering::Release);
         let (first, msgs) = self.outbox.send(msgs, std_now());
         let (n, wire) = seal_batch(s, first, msgs, &self.peer.id)?;
         self.write_frame().await?;
@@ -703,6 +748,24 @@ impl Driver {
         s.buf.clear();
         encode_ack_frame(next, &mut s.buf);
         self.write_frame().await
+    }
+
+    /// True if the application took messages of the peer that the current
+    /// connection has not acknowledged yet, neither by an ACK nor by our
+    /// RESUME, and it still can: the peer on it is the incarnation they
+    /// came from, or its RESUME has not been read yet.
+    fn ack_owed(&self) -> bool {
+        let Some(s) = &self.session else {
+            return false;
+        };
+        let taken = *self.peer.recv.taken.lock();
+        if !s.resume_written || taken.incarnation == 0 || taken.next == 0 {
+            return false;
+        }
+        match s.peer_incarnation {
+            None => !(s.resume_known == taken.incarnation && s.ack_written >= taken.next),
+            Some(p) => p == taken.incarnation && taken.next > s.ack_written,
+        }
     }
 
     // -- reading ----------------------------------------------------------
@@ -881,12 +944,13 @@ impl Driver {
         if pending {
             self.down_since.get_or_insert_with(Instant::now);
             if self.next_redial.is_none() {
+                // Soon, but never in a busy loop (see MIN_REDIAL_DELAY).
+                let floor = later(Instant::now(), MIN_REDIAL_DELAY);
                 let at = self
                     .shared
                     .backoff
                     .retry_at(&self.peer.id)
-                    .map(Instant::from_std)
-                    .unwrap_or_else(Instant::now);
+                    .map_or(floor, |t| Instant::from_std(t).max(floor));
                 self.next_redial = Some(at);
             }
         }
@@ -994,7 +1058,13 @@ impl Driver {
                         continue;
                     }
                 }
-                if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
+                // Done once our messages are acknowledged and what the
+                // application took is acknowledged on this connection (an
+                // ACK waits for the peer's RESUME here, so wait for it too).
+                if self.outbox.is_empty()
+                    && self.batcher.pending_messages() == 0
+                    && !self.ack_owed()
+                {
                     return;
                 }
                 // The peer's frames, the application taking messages (their
@@ -1081,6 +1151,7 @@ fn seal_batch(
         }
     }
     s.next_seq += 1;
+    s.handle.mark_carried();
     Ok((msgs.len(), s.buf.len()))
 }
 

@@ -41,9 +41,10 @@ pub enum Event {
     },
     /// State changes were dropped because
     /// [`event_capacity`](crate::ManagerConfig::event_capacity) of them
-    /// waited unread (see [`Events`], "Overflow"). The events that follow
-    /// are newer than the ones dropped. Never stands for an
-    /// [`Undelivered`](Event::Undelivered), which is never dropped.
+    /// waited unread (see [`Events`], "Overflow"). It comes before the events
+    /// still queued; the state changes among them are newer than the ones
+    /// dropped. Never stands for an [`Undelivered`](Event::Undelivered),
+    /// which is never dropped.
     Lagged {
         /// How many state changes were dropped.
         missed: u64,
@@ -59,7 +60,9 @@ pub enum Event {
 /// [`event_capacity`](crate::ManagerConfig::event_capacity) of them wait
 /// unread, the oldest waiting one is dropped for each new one, and the next
 /// [`recv`](Events::recv) returns [`Event::Lagged`] with how many were
-/// dropped (the events after it are the newest). A peer that connects and
+/// dropped, before the events still queued. The state changes after it are
+/// newer than the ones dropped; an [`Event::Undelivered`] after it may be
+/// older. A peer that connects and
 /// leaves in a loop therefore cannot grow this queue, and an application
 /// that never reads it loses only old state changes. [`Event::Undelivered`]
 /// is never dropped: it carries messages `send` accepted, and the contract

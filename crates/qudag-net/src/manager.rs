@@ -70,6 +70,11 @@ impl Shared {
         self.addrs.contains_key(peer)
     }
 
+    /// True once `shutdown` (or the last handle's drop) began.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Makes room for one connection under the limit: closes the least
     /// recently used idle pooled connection, or else the oldest inbound
     /// session of a stranger that never carried a message. False if there
@@ -88,7 +93,8 @@ impl Shared {
                 continue;
             };
             let peer = handle.conn.peer();
-            if !handle.conn.is_alive() || handle.carried() || self.is_known(&peer) {
+            let exchanged = self.peers.get(&peer).is_some_and(|p| p.exchanged());
+            if !handle.conn.is_alive() || handle.carried() || exchanged || self.is_known(&peer) {
                 // Never a candidate again: it carried a message, or is gone.
                 continue;
             }
@@ -137,6 +143,18 @@ impl Shared {
     }
 
     pub(crate) fn peer(self: &Arc<Self>, id: PeerId, addr: Option<SocketAddr>) -> Arc<Peer> {
+        self.peer_with(id, addr, None)
+    }
+
+    /// The peer's driver, spawned if there is none; a new one takes `recv`
+    /// as its receiving session state if given (a retiring driver hands its
+    /// own over, so that a session set up against it meanwhile stays valid).
+    pub(crate) fn peer_with(
+        self: &Arc<Self>,
+        id: PeerId,
+        addr: Option<SocketAddr>,
+        recv: Option<Arc<session::RecvState>>,
+    ) -> Arc<Peer> {
         let addr = addr.or_else(|| self.addrs.get(&id).map(|a| *a));
         if let Some(p) = self.peers.get(&id) {
             if let Some(a) = addr {
@@ -149,7 +167,7 @@ impl Shared {
         }
         self.peers
             .entry(id)
-            .or_insert_with(|| Driver::spawn(self.clone(), id, addr))
+            .or_insert_with(|| Driver::spawn(self.clone(), id, addr, recv))
             .clone()
     }
 
@@ -355,13 +373,18 @@ impl ConnectionManager {
             return Err(NetError::Shutdown);
         }
         self.shared.addrs.insert(to.peer, to.addr);
-        let peer = self.shared.peer(to.peer, Some(to.addr));
-        *peer.addr.lock() = Some(to.addr);
-        let (tx, rx) = oneshot::channel();
-        peer.ctl
-            .send(Ctl::Connect(tx))
-            .map_err(|_| NetError::Shutdown)?;
-        rx.await.map_err(|_| NetError::Shutdown)?
+        // Twice at most: the driver may retire between the lookup and the
+        // command (a retiring driver forwards commands it already has).
+        for _ in 0..2 {
+            let peer = self.shared.peer(to.peer, Some(to.addr));
+            *peer.addr.lock() = Some(to.addr);
+            let (tx, rx) = oneshot::channel();
+            if peer.ctl.send(Ctl::Connect(tx)).is_err() {
+                continue;
+            }
+            return rx.await.map_err(|_| NetError::Shutdown)?;
+        }
+        Err(NetError::Shutdown)
     }
 
     /// Returns the peer's connection to the pool: it stays open and is reused
@@ -377,9 +400,14 @@ impl ConnectionManager {
             };
         };
         let (tx, rx) = oneshot::channel();
-        p.ctl
-            .send(Ctl::Disconnect(tx))
-            .map_err(|_| NetError::Shutdown)?;
+        if p.ctl.send(Ctl::Disconnect(tx)).is_err() {
+            // It retired meanwhile: a retired driver has no connection.
+            return if self.shared.is_shutting_down() {
+                Err(NetError::Shutdown)
+            } else {
+                Ok(())
+            };
+        }
         rx.await.map_err(|_| NetError::Shutdown)
     }
 
@@ -588,6 +616,16 @@ impl ConnectionManager {
 
     /// Queues `msg` for `peer` if its queue has room; `Full` hands it back otherwise.
     pub fn try_send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
+        match self.try_send_once(peer, msg) {
+            // The driver retired between the lookup and the send: once more.
+            Err(SendError::Shutdown { msg }) if !self.shared.is_shutting_down() => {
+                self.try_send_once(peer, msg)
+            }
+            other => other,
+        }
+    }
+
+    fn try_send_once(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let (p, env) = self.check_send(peer, msg)?;
         let len = env.payload.len();
         if !p.budget.try_take(len) {

@@ -182,6 +182,11 @@ pub(crate) struct Signals {
     /// A message went either way on this connection: it is not an idle
     /// stranger's session (which may be evicted to make room).
     carried: std::sync::atomic::AtomicBool,
+    /// The peer's driver took this connection on; until then the reader
+    /// delivers nothing (a connection the driver refuses, or set up against
+    /// a driver that retired, must not have delivered anything).
+    adopted: std::sync::atomic::AtomicBool,
+    adopted_wake: Notify,
     notify: Notify,
 }
 
@@ -200,6 +205,24 @@ impl Signals {
 
     pub(crate) fn take_ended(&self) -> Option<SessionEnd> {
         self.ended.lock().take()
+    }
+
+    /// The driver took the connection on: the reader may deliver.
+    pub(crate) fn adopt(&self) {
+        self.adopted.store(true, Ordering::Release);
+        self.adopted_wake.notify_waiters();
+    }
+
+    async fn adopted(&self) {
+        loop {
+            let notified = self.adopted_wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.adopted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -226,6 +249,8 @@ pub(crate) struct Session {
     /// The capacity of `buf` counted in the `memory` gauge.
     pub(crate) buf_accounted: usize,
     pub(crate) signals: Arc<Signals>,
+    /// The receiving session state its reader delivers through.
+    pub(crate) recv: Arc<RecvState>,
     /// Our RESUME is the first frame on our direction; written yet?
     pub(crate) resume_written: bool,
     /// The highest acknowledgement (ours, of the peer's messages) written here.
@@ -311,6 +336,7 @@ pub(crate) async fn establish(
     let opener = default_sealer(key(&*conn, &local, recv_label)?);
     let (writer, reader) = conn.open_stream().await?;
     let signals = Arc::new(Signals::default());
+    let recv = ctx.recv.clone();
     let reader = tokio::spawn(read_loop(
         reader,
         opener,
@@ -330,6 +356,7 @@ pub(crate) async fn establish(
         buf: BytesMut::new(),
         buf_accounted: 0,
         signals,
+        recv,
         resume_written: false,
         ack_written: 0,
         resume_known: 0,
@@ -412,6 +439,8 @@ async fn read_frames(
     let mut held = Held::new(ctx.sink.clone(), buf.capacity());
     // RESUME first, ACKs that advance, no empty batch (docs/PROTOCOL.md §5-§7).
     let mut rules = ConnectionRules::new();
+    // Deliveries wait until the driver took this connection on.
+    let mut adopted = false;
     // Since when part of a frame has waited for the rest: an incomplete
     // frame may not hold its buffer longer than the frame timeout.
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -444,6 +473,10 @@ async fn read_frames(
                     let first = sealed.first();
                     // The order first (before the cost of opening it).
                     let inc = rules.on_batch(first, 1).map_err(rule_error)?;
+                    if !adopted {
+                        signals.adopted().await;
+                        adopted = true;
+                    }
                     let (aad, body, tag) = sealed.parts_mut();
                     opener
                         .open_in_place(seq, aad, body, tag)

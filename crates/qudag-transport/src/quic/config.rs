@@ -113,11 +113,12 @@ impl QuicConfig {
         self
     }
 
-    /// Inbound handshakes in progress from one IP address at once; an
-    /// attempt beyond it is answered with a Retry if its address is not
-    /// validated yet, and refused (`CONNECTION_REFUSED`) if it is. Bounds
-    /// what one host (or one NAT) can hold of
-    /// [`max_handshakes`](QuicConfig::max_handshakes). Default: 32.
+    /// Inbound handshakes in progress from one source at once (an IPv4
+    /// address, or an IPv6 /64); an attempt beyond it is answered with a
+    /// Retry if its address is not validated yet, and refused
+    /// (`CONNECTION_REFUSED`) if it is. Bounds what one host (or one NAT)
+    /// can hold of [`max_handshakes`](QuicConfig::max_handshakes). At least
+    /// 1. Default: 32.
     pub fn max_handshakes_per_ip(&mut self, n: usize) -> &mut Self {
         self.max_handshakes_per_ip = n;
         self
@@ -189,6 +190,9 @@ impl QuicConfig {
         if self.accept_backlog == 0 {
             return Err(QuicConfigError::ZeroBacklog);
         }
+        if self.max_handshakes_per_ip == 0 {
+            return Err(QuicConfigError::ZeroPerIp);
+        }
         for (field, value) in [
             ("max_handshakes", self.max_handshakes),
             ("accept_backlog", self.accept_backlog),
@@ -225,6 +229,12 @@ pub enum QuicConfigError {
     /// The accept backlog is zero.
     #[error("accept backlog must be positive")]
     ZeroBacklog,
+    /// `max_handshakes_per_ip` is zero (it would refuse every inbound
+    /// connection; use `max_handshakes(0)` for a dial-only endpoint).
+    #[error(
+        "max_handshakes_per_ip must be at least 1 (max_handshakes(0) makes a dial-only endpoint)"
+    )]
+    ZeroPerIp,
     /// A count is above [`MAX_COUNT`].
     #[error("{field} must be at most {MAX_COUNT}, got {value}")]
     TooLarge {
@@ -285,7 +295,7 @@ mod tests {
                               retry in any::<usize>(), per_ip in any::<usize>()) {
             let mut c = QuicConfig::default();
             c.max_handshakes(handshakes).accept_backlog(backlog).retry_above(retry).max_handshakes_per_ip(per_ip);
-            let ok = handshakes <= MAX_COUNT && (1..=MAX_COUNT).contains(&backlog);
+            let ok = handshakes <= MAX_COUNT && (1..=MAX_COUNT).contains(&backlog) && per_ip > 0;
             prop_assert_eq!(c.validate().is_ok(), ok);
         }
 

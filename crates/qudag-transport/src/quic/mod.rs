@@ -589,6 +589,19 @@ struct Admission {
     max_per_ip: usize,
 }
 
+/// The key a source is counted under for `max_handshakes_per_ip`: the IPv4
+/// address, or the IPv6 /64 (one host's or one site's usual allocation, so
+/// an attacker with a /64 does not get a fresh key per address).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// What the accept loop does with an inbound attempt.
 #[derive(Debug, PartialEq, Eq)]
 enum Admit {
@@ -643,7 +656,7 @@ async fn accept_loop(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        let ip = remote.ip().to_canonical();
+        let ip = source_key(remote.ip());
         let slot = {
             let mut per_ip = admission.per_ip.lock();
             let free = admission.slots.available_permits();
