@@ -777,6 +777,11 @@ impl Driver {
             return;
         };
         let signals = s.signals.clone();
+        // The end first: the reader publishes it after every RESUME and ACK
+        // it read, so reading it first makes the ACK read below at least as
+        // new as the last one before the end. (Read last, an ACK published
+        // between the two reads was lost with the connection.)
+        let ended = signals.take_ended();
         let before = self.outbox.acked();
         let sink = self.shared.sink.clone();
         let now = Instant::now();
@@ -836,7 +841,7 @@ impl Driver {
             self.session_lost(SessionEnd::Protocol(e.to_string()));
             return;
         }
-        if let Some(end) = signals.take_ended() {
+        if let Some(end) = ended {
             self.session_lost(end);
         }
     }
