@@ -52,6 +52,14 @@ impl ByteBudget {
     /// Takes `n` bytes, waiting until they fit. The bytes go back when the
     /// returned guard drops, unless it is [`kept`](Reserved::keep).
     pub(crate) async fn take(&self, n: usize) -> Reserved<'_> {
+        // The common case, without touching the `Notify` (registering a
+        // waiter takes its lock): one compare-and-swap.
+        if self.try_take(n) {
+            return Reserved {
+                budget: self,
+                n: Some(n),
+            };
+        }
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
