@@ -611,16 +611,20 @@ impl Driver {
                 {
                     self.give_up();
                 } else {
-                    let floor = later(Instant::now(), MIN_REDIAL_DELAY);
-                    let retry = self
-                        .shared
-                        .backoff
-                        .retry_at(&self.peer.id)
-                        .map_or(floor, |t| Instant::from_std(t).max(floor));
-                    self.next_redial = Some(retry.min(deadline));
+                    self.next_redial = Some(self.redial_at().min(deadline));
                 }
             }
         }
+    }
+
+    /// When to dial next: when the backoff allows, but never sooner than
+    /// `MIN_REDIAL_DELAY` from now (no busy loop).
+    fn redial_at(&self) -> Instant {
+        let floor = later(Instant::now(), MIN_REDIAL_DELAY);
+        self.shared
+            .backoff
+            .retry_at(&self.peer.id)
+            .map_or(floor, |t| Instant::from_std(t).max(floor))
     }
 
     /// Hands back everything waiting for this peer: it stayed unreachable
@@ -949,14 +953,7 @@ impl Driver {
         if pending {
             self.down_since.get_or_insert_with(Instant::now);
             if self.next_redial.is_none() {
-                // Soon, but never in a busy loop (see MIN_REDIAL_DELAY).
-                let floor = later(Instant::now(), MIN_REDIAL_DELAY);
-                let at = self
-                    .shared
-                    .backoff
-                    .retry_at(&self.peer.id)
-                    .map_or(floor, |t| Instant::from_std(t).max(floor));
-                self.next_redial = Some(at);
+                self.next_redial = Some(self.redial_at());
             }
         }
     }
