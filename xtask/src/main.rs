@@ -19,44 +19,51 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 
 mod bench;
 mod report;
 mod svg;
 
-const USAGE: &str = "usage: cargo xtask <bench [--quick] | ci | fuzz [--seconds N]>";
+/// Project automation for qudag-net.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the criterion suites and the end-to-end scenarios, then write
+    /// docs/BENCHMARKS.md and the SVG plots (each figure beside its
+    /// baseline measured in the same run, and their ratio).
+    Bench {
+        /// A smoke run with tiny counts; writes to target/qudag-bench/
+        /// instead of docs/.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The steps of .ci/run without the fuzz smoke: format check, clippy
+    /// with warnings as errors, tests, rustdoc with warnings as errors.
+    Ci,
+    /// Run every cargo-fuzz target in fuzz/ (needs `cargo +nightly` and
+    /// cargo-fuzz; says why it skips otherwise).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 15, value_name = "N")]
+        seconds: u64,
+    },
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bench") => {
-            let mut quick = false;
-            for a in &args[1..] {
-                match a.as_str() {
-                    "--quick" => quick = true,
-                    other => bail!("unknown bench option {other:?}\n{USAGE}"),
-                }
-            }
-            bench::run(quick)
-        }
-        Some("ci") => ci(),
-        Some("fuzz") => {
-            let seconds = match args.get(1).map(String::as_str) {
-                None => 15,
-                Some("--seconds") => args
-                    .get(2)
-                    .context("--seconds needs a value")?
-                    .parse()
-                    .context("--seconds takes a whole number")?,
-                Some(other) => bail!("unknown fuzz option {other:?}\n{USAGE}"),
-            };
-            fuzz(seconds)
-        }
-        Some("--help" | "-h" | "help") | None => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown task {other:?}\n{USAGE}"),
+    // `cargo xtask` runs `cargo run -p xtask --`: the first argument is ours.
+    match Cli::parse().task {
+        Task::Bench { quick } => bench::run(quick),
+        Task::Ci => ci(),
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
 }
 

@@ -57,10 +57,12 @@ use crate::config::{BatchConfig, ConfigError, FlushPolicy};
 ///
 /// ```
 /// use bytes::Bytes;
-/// use qudag_batch::{BatchConfig, Batcher};
+/// use qudag_batch::{BatchConfig, Batcher, FlushPolicy};
 /// use std::time::{Duration, Instant};
 ///
-/// let mut batcher = Batcher::new(BatchConfig::default());
+/// let mut config = BatchConfig::default();
+/// config.policy(FlushPolicy::Fixed);
+/// let mut batcher = Batcher::new(config);
 /// let t0 = Instant::now();
 /// batcher.push(Bytes::from_static(b"hello"), t0).unwrap();
 /// assert!(batcher.poll_batch().is_none()); // Fixed policy: wait for more

@@ -32,15 +32,15 @@ pub const MAX_MAX_BYTES: usize = (u32::MAX as usize) - (FRAME_OVERHEAD - 4);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FlushPolicy {
     /// Wait for a full batch or the deadline, whatever the writer is doing.
-    /// Predictable batch sizes; a message may wait up to `max_delay`. The
-    /// default.
-    #[default]
+    /// Predictable batch sizes; a message may wait up to `max_delay`.
     Fixed,
     /// Like [`Fixed`](Self::Fixed), and additionally hand out whatever is
     /// pending at once while the writer is idle (no batch in flight, see
     /// [`Batcher::write_complete`](crate::Batcher::write_complete)). A
     /// lightly loaded link gets near-zero batching delay; a saturated one
-    /// accumulates full batches while each write is in progress.
+    /// accumulates full batches while each write is in progress. The
+    /// default (of [`BatchConfig`] and of the connection manager's config).
+    #[default]
     Adaptive,
 }
 
@@ -85,7 +85,7 @@ impl Default for BatchConfig {
             max_bytes: DEFAULT_MAX_BYTES,
             max_message_len: None,
             max_delay: DEFAULT_MAX_DELAY,
-            policy: FlushPolicy::Fixed,
+            policy: FlushPolicy::Adaptive,
         }
     }
 }
@@ -129,7 +129,7 @@ impl BatchConfig {
         self
     }
 
-    /// The flush policy. Default: [`FlushPolicy::Fixed`].
+    /// The flush policy. Default: [`FlushPolicy::Adaptive`].
     pub fn policy(&mut self, p: FlushPolicy) -> &mut Self {
         self.policy = p;
         self

@@ -45,7 +45,7 @@ fn defaults_are_the_production_values() {
     assert_eq!(c.get_max_bytes(), 1024 * 1024);
     assert_eq!(c.get_max_message_len(), 1024 * 1024 - 8);
     assert_eq!(c.get_max_delay(), ms(50));
-    assert_eq!(c.get_policy(), FlushPolicy::Fixed);
+    assert_eq!(c.get_policy(), FlushPolicy::Adaptive);
     assert_eq!(c.validate(), Ok(()));
 }
 

@@ -71,9 +71,9 @@ mod sink;
 
 pub use crate::histogram::{Histogram, LatencySummary};
 pub use crate::metrics::{
-    CloseCounts, ErrorCounts, Metrics, MetricsSnapshot, NetworkMetrics, StateCounts,
+    CloseCounts, ErrorCounts, Metrics, MetricsSnapshot, NetworkMetrics, OpenCounts, StateCounts,
     DEFAULT_RATE_WINDOW,
 };
 #[cfg(feature = "prometheus")]
 pub use crate::prometheus::{PrometheusCollector, PREFIX};
-pub use crate::sink::{CloseKind, ConnState, ErrorKind, FanOut, MetricsSink, NoopSink};
+pub use crate::sink::{CloseKind, ConnState, ErrorKind, FanOut, MetricsSink, NoopSink, OpenKind};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::histogram::{Histogram, LatencySummary};
-use crate::sink::{CloseKind, ConnState, ErrorKind, MetricsSink};
+use crate::sink::{CloseKind, ConnState, ErrorKind, MetricsSink, OpenKind};
 
 /// The default rate window: 10 seconds.
 pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -50,6 +50,7 @@ pub(crate) struct Core {
     pub(crate) connected: AtomicI64,
     pub(crate) state_entries: [AtomicU64; ConnState::ALL.len()],
     pub(crate) closes: [AtomicU64; CloseKind::ALL.len()],
+    pub(crate) opens: [AtomicU64; OpenKind::ALL.len()],
     pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
     pub(crate) pending_dials: AtomicI64,
     pub(crate) queued_messages: AtomicI64,
@@ -99,6 +100,7 @@ impl Core {
             memory_bytes: self.memory_bytes.load(Relaxed),
             errors: ErrorCounts(self.errors.each_ref().map(load)),
             closes: CloseCounts(self.closes.each_ref().map(load)),
+            opens: OpenCounts(self.opens.each_ref().map(load)),
             latency,
             messages_per_second,
         }
@@ -363,6 +365,10 @@ impl MetricsSink for Metrics {
         self.core.state_entries[to.index()].fetch_add(1, Relaxed);
     }
 
+    fn connection_opened(&self, how: OpenKind) {
+        self.core.opens[how.index()].fetch_add(1, Relaxed);
+    }
+
     fn connection_closed(&self, reason: CloseKind) {
         self.core.closes[reason.index()].fetch_add(1, Relaxed);
     }
@@ -460,6 +466,28 @@ impl CloseCounts {
     }
 }
 
+/// Counts per [`OpenKind`]: dials, accepts and pooled reuses that gave a
+/// peer a usable connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenCounts([u64; OpenKind::ALL.len()]);
+
+impl OpenCounts {
+    /// The count for `how`.
+    pub fn get(&self, how: OpenKind) -> u64 {
+        self.0[how.index()]
+    }
+
+    /// The sum over every kind.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Every `(kind, count)`, in [`OpenKind::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (OpenKind, u64)> + '_ {
+        OpenKind::ALL.into_iter().zip(self.0)
+    }
+}
+
 /// Every figure [`Metrics`] keeps, read at one time.
 ///
 /// Counters count since creation. Gauges are `i64` and go negative only if
@@ -511,6 +539,8 @@ pub struct MetricsSnapshot {
     pub errors: ErrorCounts,
     /// `connection_closed` events per reason.
     pub closes: CloseCounts,
+    /// `connection_opened` events per kind (dialed, accepted, reused).
+    pub opens: OpenCounts,
     /// Send → ack latency of acknowledged messages.
     pub latency: LatencySummary,
     /// (Acknowledged + received) messages per second over the rate window.

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::histogram::{bucket_bounds, BUCKETS};
 use crate::metrics::{Core, Metrics};
-use crate::sink::{CloseKind, ConnState, ErrorKind};
+use crate::sink::{CloseKind, ConnState, ErrorKind, OpenKind};
 
 /// The prefix of every exported name.
 pub const PREFIX: &str = "qudag";
@@ -206,6 +206,16 @@ impl Collector for PrometheusCollector {
             CloseKind::ALL
                 .iter()
                 .zip(&c.closes)
+                .map(|(k, v)| (k.as_str(), v.load(Relaxed))),
+        )?;
+        counter_family(
+            &mut e,
+            "connections_opened",
+            "Usable connections a peer got, by how: dialed, accepted, or reused from the pool (no dial).",
+            "how",
+            OpenKind::ALL
+                .iter()
+                .zip(&c.opens)
                 .map(|(k, v)| (k.as_str(), v.load(Relaxed))),
         )?;
 

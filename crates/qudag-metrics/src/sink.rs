@@ -4,11 +4,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connection states as metrics sees them.
+/// The lifecycle state of one peer's connection: the one type for the whole
+/// workspace (`qudag-pool`'s state machine, `qudag-net`'s events and these
+/// metrics all use it).
 ///
-/// Mirrors `qudag-pool`'s connection state without depending on it. The
-/// state machine is New → Connecting → Connected → Disconnected | Failed;
-/// Disconnected → Connecting; Failed → Connecting.
+/// The allowed transitions (enforced by `qudag_pool::StateMachine`) are exactly:
+///
+/// | from           | to             | when                                     |
+/// |----------------|----------------|------------------------------------------|
+/// | `New`          | `Connecting`   | the first dial starts                    |
+/// | `Connecting`   | `Connected`    | the handshake completed                  |
+/// | `Connecting`   | `Failed`       | the dial failed                          |
+/// | `Connected`    | `Disconnected` | closed, or put in the pool, on purpose   |
+/// | `Connected`    | `Failed`       | the connection was lost                  |
+/// | `Disconnected` | `Connecting`   | redial                                   |
+/// | `Disconnected` | `Connected`    | a pooled connection was taken back: no dial, no handshake |
+/// | `Failed`       | `Connecting`   | redial, once the backoff allows it       |
+///
+/// Every other pair, including staying in the same state, is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConnState {
     /// Created, no dial started yet.
@@ -203,6 +216,43 @@ impl fmt::Display for CloseKind {
     }
 }
 
+/// How a peer got a usable connection (a bounded label set): the counted
+/// difference between a real dial and a pooled connection taken back.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpenKind {
+    /// We dialed, and the handshake and session set-up completed.
+    Dialed,
+    /// The peer dialed us, and the handshake and session set-up completed.
+    Accepted,
+    /// An idle pooled connection was taken back: no dial, no handshake.
+    Reused,
+}
+
+impl OpenKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [OpenKind; 3] = [OpenKind::Dialed, OpenKind::Accepted, OpenKind::Reused];
+
+    /// The label value used in exports (`"dialed"`, `"accepted"`, `"reused"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OpenKind::Dialed => "dialed",
+            OpenKind::Accepted => "accepted",
+            OpenKind::Reused => "reused",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for OpenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Receives the connection manager's events.
 ///
 /// Every method has a no-op default, so a sink implements only what it
@@ -288,6 +338,13 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
     /// counts entries into every state.
     fn state_changed(&self, from: ConnState, to: ConnState) {
         let _ = (from, to);
+    }
+
+    /// A peer got a usable connection, `how`: a dial, an accepted
+    /// connection, or a pooled one taken back. Called once each time; a
+    /// dial that fails is an [`error`](Self::error) instead.
+    fn connection_opened(&self, how: OpenKind) {
+        let _ = how;
     }
 
     /// A connection closed for `reason`.
@@ -407,6 +464,9 @@ impl MetricsSink for FanOut {
     fn state_changed(&self, from: ConnState, to: ConnState) {
         forward!(self, state_changed(from, to));
     }
+    fn connection_opened(&self, how: OpenKind) {
+        forward!(self, connection_opened(how));
+    }
     fn connection_closed(&self, reason: CloseKind) {
         forward!(self, connection_closed(reason));
     }
@@ -463,6 +523,9 @@ mod tests {
         }
         fn state_changed(&self, from: ConnState, to: ConnState) {
             self.push(format!("state {from} {to}"));
+        }
+        fn connection_opened(&self, how: OpenKind) {
+            self.push(format!("opened {how}"));
         }
         fn connection_closed(&self, reason: CloseKind) {
             self.push(format!("closed {reason}"));

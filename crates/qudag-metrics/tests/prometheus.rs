@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use qudag_metrics::{CloseKind, ConnState, ErrorKind, Metrics, MetricsSink};
+use qudag_metrics::{CloseKind, ConnState, ErrorKind, Metrics, MetricsSink, OpenKind};
 
 /// One parsed exposition.
 #[derive(Debug, Default)]
@@ -128,6 +128,9 @@ fn feed(m: &Metrics) {
     m.error(ErrorKind::HandshakeFailed);
     m.error(ErrorKind::Sequence);
     m.connection_closed(CloseKind::Evicted);
+    m.connection_opened(OpenKind::Dialed);
+    m.connection_opened(OpenKind::Reused);
+    m.connection_opened(OpenKind::Reused);
     m.pending_dials(1);
     m.queued_messages(3);
     m.memory(12_345);
@@ -150,14 +153,14 @@ fn every_sample_is_typed_prefixed_and_bounded() {
         }
         for key in labels.keys() {
             assert!(
-                ["state", "kind", "reason", "le", "quantile"].contains(&key.as_str()),
+                ["state", "kind", "reason", "how", "le", "quantile"].contains(&key.as_str()),
                 "unexpected label {key} on {name}"
             );
         }
     }
-    // Bounded: 14 plain counters, 5 + 12 + 8 labelled, 2 + 3 gauges,
+    // Bounded: 14 plain counters, 5 + 12 + 8 + 3 labelled, 2 + 3 gauges,
     // 2 + 15 histogram samples, 4 quantiles.
-    assert_eq!(e.samples.len(), 14 + 5 + 12 + 8 + 2 + 3 + 2 + 15 + 4);
+    assert_eq!(e.samples.len(), 14 + 5 + 12 + 8 + 3 + 2 + 3 + 2 + 15 + 4);
 }
 
 #[test]
@@ -217,6 +220,13 @@ fn values_after_known_events() {
         e.value("qudag_connections_closed_total", &[("reason", "local")]),
         0.0
     );
+    for (how, n) in [("dialed", 1.0), ("accepted", 0.0), ("reused", 2.0)] {
+        assert_eq!(
+            e.value("qudag_connections_opened_total", &[("how", how)]),
+            n,
+            "{how}"
+        );
+    }
 
     // Histogram: 1, 2, 3, 4 and 200 ms.
     assert_eq!(v("qudag_message_latency_seconds_count"), 5.0);

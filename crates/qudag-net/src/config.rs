@@ -59,7 +59,7 @@ pub struct ManagerConfig {
     pub(crate) max_unacked_batches: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) ack_timeout: Duration,
-    pub(crate) max_redials: u32,
+    pub(crate) max_failed_dials: u32,
     pub(crate) unreachable_after: Duration,
     pub(crate) peer_idle_timeout: Duration,
     pub(crate) event_capacity: usize,
@@ -70,10 +70,8 @@ pub struct ManagerConfig {
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        let mut batch = BatchConfig::default();
-        batch.policy(qudag_batch::FlushPolicy::Adaptive);
         Self {
-            batch,
+            batch: BatchConfig::default(),
             pool: PoolConfig::default(),
             backoff: BackoffConfig::default(),
             queue_capacity: 8192,
@@ -81,7 +79,7 @@ impl Default for ManagerConfig {
             max_unacked_batches: 32,
             connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(15),
-            max_redials: 5,
+            max_failed_dials: 6,
             unreachable_after: Duration::from_secs(10),
             peer_idle_timeout: Duration::from_secs(300),
             event_capacity: 1024,
@@ -103,7 +101,7 @@ impl fmt::Debug for ManagerConfig {
             .field("max_unacked_batches", &self.max_unacked_batches)
             .field("connect_timeout", &self.connect_timeout)
             .field("ack_timeout", &self.ack_timeout)
-            .field("max_redials", &self.max_redials)
+            .field("max_failed_dials", &self.max_failed_dials)
             .field("unreachable_after", &self.unreachable_after)
             .field("peer_idle_timeout", &self.peer_idle_timeout)
             .field("event_capacity", &self.event_capacity)
@@ -173,11 +171,15 @@ impl ManagerConfig {
         self
     }
 
-    /// Failed dials in a row (with backoff) while messages wait, before the
-    /// waiting messages are handed back. A dial that succeeds resets the
-    /// count. Default: 5.
-    pub fn max_redials(&mut self, n: u32) -> &mut Self {
-        self.max_redials = n;
+    /// How many dials in a row may fail while messages wait: the `n`-th
+    /// failed dial hands the waiting messages back as
+    /// [`Unreachable`](crate::UndeliveredReason::Unreachable). Every dial
+    /// counts, the first one after a lost connection included, so `n` is
+    /// the number of dial attempts; they are spaced by the backoff. A dial
+    /// that succeeds resets the count. Default: 6. At least 1 and at most
+    /// [`MAX_CAPACITY`].
+    pub fn max_failed_dials(&mut self, n: u32) -> &mut Self {
+        self.max_failed_dials = n;
         self
     }
 
@@ -185,7 +187,7 @@ impl ManagerConfig {
     /// acknowledges nothing) before they are handed back as
     /// [`Unreachable`](crate::UndeliveredReason::Unreachable) or
     /// [`Unresponsive`](crate::UndeliveredReason::Unresponsive), whichever of
-    /// this and [`max_redials`](Self::max_redials) comes first. A dial in
+    /// this and [`max_failed_dials`](Self::max_failed_dials) comes first. A dial in
     /// progress is not cut short, so the wait can exceed this by up to the
     /// connect timeout. Keep it below the peers'
     /// [`peer_idle_timeout`](Self::peer_idle_timeout): a peer forgets a
@@ -269,6 +271,7 @@ impl ManagerConfig {
             ("incoming_capacity", self.incoming_capacity),
             ("max_unacked_batches", self.max_unacked_batches),
             ("event_capacity", self.event_capacity),
+            ("max_failed_dials", self.max_failed_dials as usize),
         ] {
             if !(1..=MAX_CAPACITY).contains(&value) {
                 return Err(ConfigError::Capacity { field, value });

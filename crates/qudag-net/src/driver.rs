@@ -17,12 +17,13 @@ use qudag_batch::{
     encode_ack_frame, encode_batch_frame, encode_resume_frame, Batcher, Outbox, Resume,
 };
 use qudag_crypto::PeerId;
-use qudag_metrics::{CloseKind, ErrorKind};
+use qudag_metrics::{CloseKind, ErrorKind, OpenKind};
 use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
 use qudag_transport::{CloseReason, PeerAddr, Side};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::budget::ByteBudget;
 use crate::manager::Shared;
@@ -104,7 +105,8 @@ pub(crate) struct Driver {
     idle: bool,
     /// The sending half of the session: numbers, window, resends.
     outbox: Outbox<Envelope>,
-    redials: u32,
+    /// Dials in a row that failed while messages waited.
+    failed_dials: u32,
     next_redial: Option<Instant>,
     /// Since when messages have waited without progress (no connection, or
     /// one that acknowledges nothing); past `unreachable_after` they go back.
@@ -178,7 +180,7 @@ impl Driver {
             ctl,
             session: None,
             idle: false,
-            redials: 0,
+            failed_dials: 0,
             next_redial: None,
             down_since: None,
             quiet_since: None,
@@ -186,7 +188,10 @@ impl Driver {
             unresponsive: false,
             had_session: false,
         };
-        tokio::spawn(driver.run());
+        // Everything the driver logs, and the spans of the connections it
+        // dials, sit under one span per peer.
+        let span = tracing::info_span!(parent: None, "peer", peer = %id);
+        tokio::spawn(driver.run().instrument(span));
         peer
     }
 
@@ -392,9 +397,7 @@ impl Driver {
         let t = self.peer.state.lock().transition(to);
         match t {
             Ok(t) => {
-                self.shared
-                    .sink
-                    .state_changed(map_state(t.from), map_state(t.to));
+                self.shared.sink.state_changed(t.from, t.to);
                 self.shared.emit(Event::StateChanged {
                     peer: self.peer.id,
                     from: t.from,
@@ -460,8 +463,9 @@ impl Driver {
                 .is_some()
             {
                 self.idle = false;
-                self.set_state(ConnState::Connecting);
+                // Disconnected -> Connected: no dial, no handshake.
                 self.set_state(ConnState::Connected);
+                self.shared.sink.connection_opened(OpenKind::Reused);
                 return Ok(());
             }
             // Expired or dead in the pool: close it and dial anew.
@@ -476,9 +480,12 @@ impl Driver {
         let addr = (*self.peer.addr.lock()).ok_or(NetError::UnknownPeer(self.peer.id))?;
         if let Err(e) = self.shared.backoff.check(&self.peer.id, std_now()) {
             self.shared.sink.error(ErrorKind::Backoff);
+            let now = Instant::now();
+            let retry_at = Instant::from_std(e.retry_at).max(now);
             return Err(NetError::Backoff {
                 peer: self.peer.id,
-                retry_at: e.retry_at,
+                retry_at,
+                retry_after: retry_at - now,
             });
         }
         let permit = self.shared.dial_permit()?;
@@ -501,7 +508,7 @@ impl Driver {
         };
         match result {
             Ok(session) => {
-                self.adopt(session);
+                self.adopt(session, OpenKind::Dialed);
                 Ok(())
             }
             Err(e) => {
@@ -516,7 +523,8 @@ impl Driver {
 
     /// Makes `session` the current connection of the peer session. What the
     /// window holds is resent on it once the peer's RESUME arrives.
-    fn adopt(&mut self, mut session: Session) {
+    fn adopt(&mut self, mut session: Session, how: OpenKind) {
+        self.shared.sink.connection_opened(how);
         session.adopted_at = Instant::now();
         session.signals.adopt();
         self.had_session = true;
@@ -524,7 +532,7 @@ impl Driver {
         self.session = Some(session);
         self.outbox.connected();
         self.idle = false;
-        self.redials = 0;
+        self.failed_dials = 0;
         self.next_redial = None;
         self.shared.backoff.on_success(&self.peer.id);
         if self.state() != ConnState::Connected {
@@ -567,7 +575,7 @@ impl Driver {
                 current.handle.close(CloseCode::Duplicate);
                 tracing::debug!(peer = %self.peer.id, "connection replaced");
                 self.drop_session();
-                self.adopt(session);
+                self.adopt(session, OpenKind::Accepted);
                 return;
             }
             self.session_lost(SessionEnd::Closed(
@@ -578,7 +586,7 @@ impl Driver {
                     .unwrap_or(CloseReason::Lost("replaced".into())),
             ));
         }
-        self.adopt(session);
+        self.adopt(session, OpenKind::Accepted);
     }
 
     /// Messages wait and there is no usable session: reuse, dial, or schedule a redial.
@@ -602,11 +610,11 @@ impl Driver {
             Ok(()) => {}
             Err(NetError::Backoff { retry_at, .. }) => {
                 // Wake at the retry; `give_up_at` ends the wait if it turns too long.
-                self.next_redial = Some(Instant::from_std(retry_at).min(deadline));
+                self.next_redial = Some(retry_at.min(deadline));
             }
             Err(e) => {
-                self.redials += 1;
-                if self.redials > self.shared.config.max_redials
+                self.failed_dials += 1;
+                if self.failed_dials >= self.shared.config.max_failed_dials
                     || matches!(e, NetError::UnknownPeer(_) | NetError::Shutdown)
                 {
                     self.give_up();
@@ -628,7 +636,7 @@ impl Driver {
     }
 
     /// Hands back everything waiting for this peer: it stayed unreachable
-    /// (or unresponsive) past `unreachable_after`, or redials ran out.
+    /// (or unresponsive) past `unreachable_after`, or `max_failed_dials` dials in a row failed.
     fn give_up(&mut self) {
         let reason = if self.session.is_some() || self.unresponsive {
             UndeliveredReason::Unresponsive
@@ -640,7 +648,7 @@ impl Driver {
             // Connected, yet nothing moved for that long.
             self.close_unresponsive();
         }
-        self.redials = 0;
+        self.failed_dials = 0;
         self.down_since = None;
         self.next_redial = None;
         let written = self.outbox.take_all();
@@ -1023,7 +1031,7 @@ impl Driver {
                         match self.connect().await {
                             Ok(()) => continue,
                             Err(NetError::Backoff { retry_at, .. }) => {
-                                retry = Some(Instant::from_std(retry_at));
+                                retry = Some(retry_at);
                             }
                             Err(_) => {
                                 retry = self
@@ -1193,21 +1201,13 @@ fn unresponsive_reason() -> CloseReason {
     }
 }
 
-pub(crate) fn map_state(s: ConnState) -> qudag_metrics::ConnState {
-    match s {
-        ConnState::New => qudag_metrics::ConnState::New,
-        ConnState::Connecting => qudag_metrics::ConnState::Connecting,
-        ConnState::Connected => qudag_metrics::ConnState::Connected,
-        ConnState::Disconnected => qudag_metrics::ConnState::Disconnected,
-        ConnState::Failed => qudag_metrics::ConnState::Failed,
-    }
-}
-
 pub(crate) fn error_kind(e: &NetError) -> ErrorKind {
     use qudag_transport::TransportError as T;
     match e {
         NetError::Transport(T::PeerIdMismatch { .. }) => ErrorKind::PeerIdMismatch,
-        NetError::Transport(T::Refused { .. } | T::NotAllowed { .. }) => ErrorKind::Refused,
+        NetError::Transport(T::Refused { .. } | T::Denied { .. } | T::NotAllowed { .. }) => {
+            ErrorKind::Refused
+        }
         NetError::Transport(T::HandshakeTimeout { .. } | T::Handshake { .. }) => {
             ErrorKind::HandshakeFailed
         }

@@ -1,9 +1,10 @@
 //! Errors of the connection manager, and why a message came back undelivered.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use qudag_crypto::PeerId;
+use tokio::time::Instant;
 
 /// Errors of [`ConnectionManager`](crate::ConnectionManager) operations.
 #[derive(Debug, thiserror::Error)]
@@ -12,16 +13,21 @@ pub enum NetError {
     /// The transport failed to dial or accept.
     #[error(transparent)]
     Transport(#[from] qudag_transport::TransportError),
-    /// A connection or pending-dial limit is reached and no idle connection could be evicted.
-    #[error("connection limit reached: {0}")]
-    Limit(#[from] qudag_pool::LimitError),
-    /// The peer failed recently; dialing again is not allowed before `retry_at`.
-    #[error("peer {peer} is backing off after failed dials")]
+    /// A connection or pending-dial limit is reached and no idle connection
+    /// or stranger's session could be evicted.
+    #[error(transparent)]
+    Limit(#[from] crate::LimitError),
+    /// The peer failed recently; dialing again is not allowed before
+    /// `retry_at`, `retry_after` from when the error was made.
+    #[error("peer {peer} is backing off after failed dials: retry in {retry_after:?}")]
     Backoff {
         /// The peer.
         peer: PeerId,
-        /// Earliest instant of the next dial.
+        /// Earliest instant of the next dial, on tokio's clock (so it can be
+        /// slept until, and it follows `tokio::time::pause`).
         retry_at: Instant,
+        /// How long from when this error was made until `retry_at`.
+        retry_after: Duration,
     },
     /// Dial plus session set-up took longer than the connect timeout.
     #[error("connecting to {peer} timed out")]
@@ -150,7 +156,7 @@ pub enum UndeliveredReason {
     /// The manager shut down before the messages were acknowledged.
     Shutdown,
     /// The peer refused or could not be reached, for longer than
-    /// `unreachable_after` or `max_redials` dials, while the messages waited.
+    /// `unreachable_after` or `max_failed_dials` failed dials in a row, while the messages waited.
     Unreachable,
     /// The peer restarted (a new incarnation): these messages were written
     /// to its previous incarnation, which may have delivered them before it

@@ -83,12 +83,27 @@ pub use error::{NetError, SendError, SendManyError, SendManyReason, UndeliveredR
 pub use event::{Event, Events, Incoming};
 pub use manager::{ConnectionManager, ShutdownReport};
 
-pub use qudag_batch::{BatchConfig, FlushPolicy};
-pub use qudag_crypto::{Identity, PeerId};
-pub use qudag_metrics::{Metrics, MetricsSink, MetricsSnapshot, NetworkMetrics};
-pub use qudag_pool::{BackoffConfig, ConnState, PoolConfig};
+// Everything a user needs to build, match or read the manager's values, and
+// to implement or wrap a `Transport`, without depending on a layer crate.
+pub use qudag_batch::{BatchConfig, ConfigError as BatchConfigError, FlushPolicy};
+pub use qudag_crypto::{Identity, ParsePeerIdError, PeerId};
+pub use qudag_metrics::{
+    CloseCounts, CloseKind, ConnState, ErrorCounts, ErrorKind, FanOut, Histogram, LatencySummary,
+    Metrics, MetricsSink, MetricsSnapshot, NetworkMetrics, NoopSink, OpenCounts, OpenKind,
+    StateCounts,
+};
+pub use qudag_pool::{BackoffConfig, LimitError, PoolConfig};
 pub use qudag_transport::{
-    CloseReason, Connection, MemoryNetwork, MemoryTransport, PeerAddr, Transport, TransportError,
+    CloseReason, Connection, MemoryConnection, MemoryNetwork, MemoryTransport, ParsePeerAddrError,
+    PeerAddr, PeerText, RecvStream, SendStream, Side, Transport, TransportError,
 };
 #[cfg(feature = "quic")]
-pub use qudag_transport::{QuicConfig, QuicTransport};
+pub use qudag_transport::{
+    QuicConfig, QuicConfigError, QuicConnection, QuicTransport, QUIC_MAX_COUNT,
+};
+
+/// The attribute macro [`Transport`] and [`Connection`] are written with:
+/// put `#[qudag_net::async_trait]` on an `impl Transport` or `impl
+/// Connection` (a re-export of the `async-trait` crate's macro, so that a
+/// wrapper needs no extra dependency).
+pub use async_trait::async_trait;

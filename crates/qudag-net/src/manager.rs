@@ -15,6 +15,7 @@ use qudag_pool::{Backoff, ConnState, DialPermit, LimitError, Limiter, Pool};
 use qudag_transport::{Connection, PeerAddr, Transport};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
 use crate::event::EventQueue;
@@ -206,7 +207,8 @@ impl Shared {
         // Set the connection up in its own task, bounded by the connect
         // timeout, and hand the driver only a connection that works.
         let shared = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!(parent: None, "accept", peer = %id, remote = %addr);
+        let task = async move {
             let setup = tokio::time::timeout(
                 shared.config.connect_timeout,
                 session::establish(conn.clone(), shared.local, slot, ctx),
@@ -226,7 +228,16 @@ impl Shared {
                 }
                 Ok(Err(e)) => {
                     shared.sink.error(error_kind(&e));
-                    tracing::debug!(peer = %id, error = %e, "inbound session set-up failed");
+                    if matches!(
+                        e,
+                        NetError::Transport(qudag_transport::TransportError::Protocol { .. })
+                    ) {
+                        // A bad stream preamble: the same warning as every
+                        // other protocol violation.
+                        tracing::warn!(peer = %id, error = %e, "closing connection: protocol violation");
+                    } else {
+                        tracing::debug!(peer = %id, error = %e, "inbound session set-up failed");
+                    }
                     conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
                 }
                 Err(_) => {
@@ -234,7 +245,8 @@ impl Shared {
                     conn.close(CloseCode::Protocol as u32, b"session set-up timed out");
                 }
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     fn refuse(&self, conn: Arc<dyn Connection>, e: LimitError) {

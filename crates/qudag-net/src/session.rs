@@ -19,6 +19,7 @@ use qudag_pool::{ConnectionSlot, Poolable};
 use qudag_transport::{CloseReason, Connection, RecvStream, SendStream, Side};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
+use tracing::Instrument;
 
 use crate::NetError;
 
@@ -321,6 +322,12 @@ fn zeroize_array(bytes: &mut [u8; KEY_LEN]) {
     bytes.zeroize();
 }
 
+/// A number per connection set up by this process, for the `conn` span.
+fn next_connection_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Derives the two direction keys, opens the stream pair and starts the reader.
 pub(crate) async fn establish(
     conn: Arc<dyn Connection>,
@@ -337,13 +344,18 @@ pub(crate) async fn establish(
     let (writer, reader) = conn.open_stream().await?;
     let signals = Arc::new(Signals::default());
     let recv = ctx.recv.clone();
-    let reader = tokio::spawn(read_loop(
-        reader,
-        opener,
-        conn.clone(),
-        ctx,
-        signals.clone(),
-    ));
+    // One span per connection, under the current one (the peer's driver
+    // for a dial, the accept task for an inbound connection).
+    let span = tracing::info_span!(
+        "conn",
+        id = next_connection_id(),
+        peer = %conn.peer(),
+        side = ?conn.side(),
+        remote = %conn.remote_addr(),
+    );
+    let reader = tokio::spawn(
+        read_loop(reader, opener, conn.clone(), ctx, signals.clone()).instrument(span),
+    );
     Ok(Session {
         handle: Arc::new(SessionHandle {
             conn,

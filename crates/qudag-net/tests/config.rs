@@ -58,7 +58,7 @@ struct Fields {
     batch: (usize, usize, Option<usize>, Duration, bool),
     pool: (Duration, usize, usize),
     backoff: (Duration, Duration),
-    max_redials: u32,
+    max_failed_dials: u32,
     grace: Duration,
 }
 
@@ -75,7 +75,7 @@ fn defaults() -> Fields {
         batch: (256, 1 << 20, None, Duration::from_millis(50), true),
         pool: (Duration::from_secs(300), 1024, 128),
         backoff: (Duration::from_millis(100), Duration::from_secs(30)),
-        max_redials: 5,
+        max_failed_dials: 6,
         grace: Duration::from_secs(1),
     }
 }
@@ -131,7 +131,7 @@ fn fields() -> impl Strategy<Value = Fields> {
                 Edit::PoolCount(true, v) => f.pool.2 = v,
                 Edit::Backoff(false, v) => f.backoff.0 = v,
                 Edit::Backoff(true, v) => f.backoff.1 = v,
-                Edit::Redials(v) => f.max_redials = v,
+                Edit::Redials(v) => f.max_failed_dials = v,
                 Edit::Grace(v) => f.grace = v,
             }
         }
@@ -149,7 +149,7 @@ fn config(f: &Fields) -> ManagerConfig {
         .ack_timeout(f.times[1])
         .unreachable_after(f.times[2])
         .peer_idle_timeout(f.times[3])
-        .max_redials(f.max_redials);
+        .max_failed_dials(f.max_failed_dials);
     let b = c.batch_mut();
     b.max_messages(f.batch.0)
         .max_bytes(f.batch.1)

@@ -100,7 +100,7 @@ fn run(ops: Vec<Op>, adaptive: bool) -> Result<(), TestCaseError> {
             .queue_capacity(64)
             .max_unacked_batches(4)
             .ack_timeout(Duration::from_secs(5))
-            .max_redials(3);
+            .max_failed_dials(4);
         config.batch_mut().max_messages(16).policy(if adaptive {
             FlushPolicy::Adaptive
         } else {
@@ -266,7 +266,7 @@ fn session_run(ops: Vec<SessionOp>) -> Result<SessionRun, TestCaseError> {
             .queue_capacity(64)
             .max_unacked_batches(4)
             .ack_timeout(Duration::from_secs(5))
-            .max_redials(1000)
+            .max_failed_dials(1000)
             .unreachable_after(Duration::from_secs(30));
         config.batch_mut().max_messages(16);
         config

@@ -38,7 +38,7 @@ fn quick_quic() -> QuicConfig {
 fn patient_config() -> ManagerConfig {
     let mut c = ManagerConfig::default();
     c.connect_timeout(Duration::from_secs(2))
-        .max_redials(10_000)
+        .max_failed_dials(10_000)
         .unreachable_after(Duration::from_secs(120));
     c.backoff_mut()
         .base(Duration::from_millis(50))

@@ -28,7 +28,9 @@ fn msg(i: u32) -> Bytes {
 /// reads, b's reader blocks and b stops acknowledging.
 fn sender_and_slow_reader(net: &MemoryNetwork) -> (Node, Node) {
     let mut config = ManagerConfig::default();
-    config.ack_timeout(Duration::from_secs(2)).max_redials(0);
+    config
+        .ack_timeout(Duration::from_secs(2))
+        .max_failed_dials(1);
     let mut bcfg = ManagerConfig::default();
     bcfg.incoming_capacity(1);
     (node_with(net, "a", config), node_with(net, "b", bcfg))
@@ -171,7 +173,7 @@ async fn try_send_reports_full_when_the_queue_is_full() {
 async fn peer_dropped_mid_stream_every_message_is_acked_or_handed_back() {
     let net = MemoryNetwork::new();
     let mut config = ManagerConfig::default();
-    config.max_redials(0);
+    config.max_failed_dials(1);
     let mut a = node_with(&net, "a", config);
     let mut b = node(&net, "b");
     a.mgr.connect(b.addr).await.unwrap();
@@ -185,7 +187,7 @@ async fn peer_dropped_mid_stream_every_message_is_acked_or_handed_back() {
             net.drop_connections(a.addr.peer, b.addr.peer);
         }
     }
-    // a keeps redialing with backoff would reconnect; with max_redials(0) it hands back.
+    // a keeps redialing with backoff would reconnect; with max_failed_dials(1) it hands back.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some((_, m)) = b.incoming.recv().await {
             received.push(m);
@@ -231,7 +233,7 @@ async fn reconnects_with_backoff_after_a_cut_link_heals() {
     // so the first redial after the heal always comes before the queued
     // messages would be handed back as unreachable.
     config
-        .max_redials(50)
+        .max_failed_dials(50)
         .unreachable_after(Duration::from_secs(30));
     config.backoff_mut().cap(Duration::from_secs(1));
     let mut a = node_with(&net, "a", config);
@@ -504,7 +506,7 @@ async fn messages_for_an_unreachable_peer_come_back_after_unreachable_after() {
     let net = MemoryNetwork::new();
     let mut config = ManagerConfig::default();
     config
-        .max_redials(1000)
+        .max_failed_dials(1000)
         .unreachable_after(Duration::from_secs(10));
     config
         .backoff_mut()

@@ -115,7 +115,7 @@ async fn connection_limit_is_typed_over_quic() {
 async fn peer_gone_mid_stream_every_message_is_acked_or_handed_back() {
     let mut config = ManagerConfig::default();
     config
-        .max_redials(1)
+        .max_failed_dials(2)
         .connect_timeout(Duration::from_secs(2));
     let mut a = quic_node(config);
     let mut b = quic_node(ManagerConfig::default());

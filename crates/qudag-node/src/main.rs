@@ -153,7 +153,7 @@ fn chain_text(e: &anyhow::Error) -> String {
 /// The one line printed for a failed run. Error texts can quote a peer (a
 /// close reason, a detail from the QUIC stack), so whatever could drive the
 /// terminal is escaped with [`PeerText`] after folding.
-fn error_line(e: &anyhow::Error) -> String {
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
     PeerText(one_line(&chain_text(e)).as_bytes()).to_string()
 }
 

@@ -103,9 +103,15 @@ impl Table {
     }
 }
 
-/// What `send --json` prints: one JSON object of numbers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What `send` reports, as a line of text or (`--json`) one JSON object.
+///
+/// The counts always add up: `requested = sent + not_sent` and
+/// `sent = delivered + undelivered` (the delivery contract), and `error` is
+/// the very text of the `error:` line printed on stderr, or `None` on success.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SendSummary {
+    /// Messages asked for (`--count`).
+    pub(crate) requested: u64,
     /// Messages `send` accepted.
     pub(crate) sent: u64,
     /// Messages the peer acknowledged.
@@ -120,26 +126,36 @@ pub(crate) struct SendSummary {
     pub(crate) latency_p50_us: u64,
     /// 99th percentile send-to-ack latency, microseconds.
     pub(crate) latency_p99_us: u64,
+    /// Why the run failed: the text of the `error:` line.
+    pub(crate) error: Option<String>,
 }
 
 impl SendSummary {
-    /// The summary as one line of JSON (numbers only, so nothing to escape;
-    /// a non-finite float is written as 0 to stay valid JSON).
-    pub(crate) fn to_json(self) -> String {
+    /// Messages never accepted by `send` (the run stopped before them).
+    pub(crate) fn not_sent(&self) -> u64 {
+        self.requested.saturating_sub(self.sent)
+    }
+
+    /// The summary as one line of JSON; a non-finite float is written as 0
+    /// and the error text is escaped, so the line is always valid JSON.
+    pub(crate) fn to_json(&self) -> String {
         format!(
-            "{{\"sent\":{},\"delivered\":{},\"undelivered\":{},\"elapsed_s\":{},\"msgs_per_s\":{},\"latency_p50_us\":{},\"latency_p99_us\":{}}}",
+            "{{\"requested\":{},\"sent\":{},\"delivered\":{},\"undelivered\":{},\"not_sent\":{},\"elapsed_s\":{},\"msgs_per_s\":{},\"latency_p50_us\":{},\"latency_p99_us\":{},\"error\":{}}}",
+            self.requested,
             self.sent,
             self.delivered,
             self.undelivered,
+            self.not_sent(),
             json_f64(self.elapsed_s),
             json_f64(self.msgs_per_s),
             self.latency_p50_us,
-            self.latency_p99_us
+            self.latency_p99_us,
+            self.error.as_deref().map_or_else(|| "null".to_owned(), json_string),
         )
     }
 
     /// The summary as one human-readable line.
-    pub(crate) fn to_text(self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         format!(
             "sent {} delivered {} undelivered {} in {:.3} s ({:.0} msgs/s), latency p50 {} p99 {}",
             self.sent,
@@ -151,6 +167,24 @@ impl SendSummary {
             fmt_duration(Duration::from_micros(self.latency_p99_us)),
         )
     }
+}
+
+/// `s` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A float as a JSON number with six decimals; non-finite becomes 0.
@@ -236,9 +270,9 @@ mod tests {
         assert_eq!(m.max(), us(90));
     }
 
-    #[test]
-    fn json_has_the_seven_fields_as_numbers() {
-        let s = SendSummary {
+    fn summary(error: Option<&str>) -> SendSummary {
+        SendSummary {
+            requested: 5,
             sent: 3,
             delivered: 2,
             undelivered: 1,
@@ -246,12 +280,22 @@ mod tests {
             msgs_per_s: f64::INFINITY,
             latency_p50_us: 7,
             latency_p99_us: 9,
-        };
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn json_has_every_count_and_the_error() {
         assert_eq!(
-            s.to_json(),
-            "{\"sent\":3,\"delivered\":2,\"undelivered\":1,\"elapsed_s\":0.500000,\"msgs_per_s\":0,\"latency_p50_us\":7,\"latency_p99_us\":9}"
+            summary(None).to_json(),
+            "{\"requested\":5,\"sent\":3,\"delivered\":2,\"undelivered\":1,\"not_sent\":2,\"elapsed_s\":0.500000,\"msgs_per_s\":0,\"latency_p50_us\":7,\"latency_p99_us\":9,\"error\":null}"
         );
-        assert!(s.to_text().contains("undelivered 1"));
+        assert!(summary(None).to_text().contains("undelivered 1"));
+        let j = summary(Some("say \"no\" \\ \u{1}")).to_json();
+        assert!(
+            j.ends_with(",\"error\":\"say \\\"no\\\" \\\\ \\u0001\"}"),
+            "{j}"
+        );
     }
 
     #[test]
@@ -310,13 +354,19 @@ mod tests {
             prop_assert!(widths.windows(2).all(|w| w[0] == w[1]));
         }
 
-        /// The JSON stays one line with exactly the seven keys.
+        /// The JSON stays one line with exactly the ten keys, whatever the
+        /// numbers and the error text.
         #[test]
-        fn json_is_one_line(sent in any::<u64>(), d in any::<u64>(), u in any::<u64>(), e in any::<f64>(), r in any::<f64>(), p in any::<u64>(), q in any::<u64>()) {
-            let j = SendSummary { sent, delivered: d, undelivered: u, elapsed_s: e, msgs_per_s: r, latency_p50_us: p, latency_p99_us: q }.to_json();
+        fn json_is_one_line(requested in any::<u64>(), sent in any::<u64>(), d in any::<u64>(), u in any::<u64>(), e in any::<f64>(), r in any::<f64>(), p in any::<u64>(), q in any::<u64>(), error in proptest::option::of(any::<String>())) {
+            let s = SendSummary { requested, sent, delivered: d, undelivered: u, elapsed_s: e, msgs_per_s: r, latency_p50_us: p, latency_p99_us: q, error };
+            let j = s.to_json();
             prop_assert!(!j.contains('\n'));
-            prop_assert_eq!(j.matches(':').count(), 7);
-            prop_assert!(!j.contains("NaN") && !j.contains("inf"));
+            let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+            let o = v.as_object().expect("an object");
+            prop_assert_eq!(o.len(), 10);
+            prop_assert!(o.iter().filter(|(k, _)| *k != "error").all(|(_, v)| v.is_number()));
+            prop_assert_eq!(o["error"].as_str(), s.error.as_deref());
+            prop_assert_eq!(o["not_sent"].as_u64(), Some(requested.saturating_sub(sent)));
         }
     }
 }

@@ -84,9 +84,13 @@ pub(crate) fn describe_connect_error(e: &NetError, to: &PeerAddr) -> String {
         NetError::Transport(TransportError::PeerIdMismatch { expected, actual }) => format!(
             "peer id mismatch: dialed {expected} but the peer at {addr} is {actual}; check the PEERID in --to"
         ),
-        NetError::Transport(TransportError::Refused { detail, .. }) => format!(
-            "connection refused by the peer at {addr} ({detail}); is this node on its --allow list?"
+        NetError::Transport(TransportError::Denied { .. }) => format!(
+            "connection refused by the peer at {addr}: its allow-list does not admit this node \
+             (the listener admits it with --allow PEERID)"
         ),
+        NetError::Transport(TransportError::Refused { detail, .. }) => {
+            format!("connection refused by the peer at {addr}: {detail}")
+        }
         NetError::Transport(TransportError::NotAllowed { peer }) => {
             format!("connection refused: {peer} is not on the allow-list")
         }
@@ -152,8 +156,47 @@ impl HandedBack {
     }
 }
 
-/// Runs `send`.
+/// What a run counted, kept up to date as it goes so that a failure at
+/// any point still reports what happened.
+#[derive(Debug, Default)]
+struct Counts {
+    /// The connection was set up (a summary line is printed in text mode).
+    connected: bool,
+    sent: u64,
+    delivered: u64,
+    undelivered: u64,
+    elapsed: Duration,
+    latency_p50: Duration,
+    latency_p99: Duration,
+}
+
+/// Runs `send`: the exchange, then one summary (JSON with `--json`) whose
+/// counts and `error` agree with the `error:` line `main` prints.
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let (json, requested) = (args.json, args.count);
+    let mut counts = Counts::default();
+    let result = exchange(args, &mut counts).await;
+    let summary = SendSummary {
+        requested,
+        sent: counts.sent,
+        delivered: counts.delivered,
+        undelivered: counts.undelivered,
+        elapsed_s: counts.elapsed.as_secs_f64(),
+        msgs_per_s: rate(counts.delivered, counts.elapsed),
+        latency_p50_us: counts.latency_p50.as_micros() as u64,
+        latency_p99_us: counts.latency_p99.as_micros() as u64,
+        error: result.as_ref().err().map(crate::error_line),
+    };
+    if json {
+        println!("{}", summary.to_json());
+    } else if counts.connected {
+        println!("{}", summary.to_text());
+    }
+    result
+}
+
+/// Connects, sends, waits for the acknowledgements; fills `counts`.
+async fn exchange(args: SendArgs, counts: &mut Counts) -> anyhow::Result<()> {
     // The parsers bound every duration to 30 days and the rate to
     // 0.001..=1e9 per second, so no sum below overflows.
     let (connect_timeout, timeout, grace) = (args.connect_timeout, args.timeout, args.grace);
@@ -191,6 +234,7 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
             );
         }
     }
+    counts.connected = true;
     tracing::info!(peer = %to, "connected");
 
     let payload = Bytes::from(vec![0xa5; args.size]);
@@ -265,40 +309,33 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(POLL).await;
     }
-    let elapsed = start.elapsed();
+    counts.elapsed = start.elapsed();
     manager.shutdown(grace).await;
     back.drain(&mut events);
     let snap = manager.metrics_snapshot();
+    counts.sent = sent;
+    counts.delivered = snap.messages_acked;
+    counts.undelivered = back.messages;
+    counts.latency_p50 = snap.latency.p50;
+    counts.latency_p99 = snap.latency.p99;
 
-    let summary = SendSummary {
-        sent,
-        delivered: snap.messages_acked,
-        undelivered: back.messages,
-        elapsed_s: elapsed.as_secs_f64(),
-        msgs_per_s: rate(snap.messages_acked, elapsed),
-        latency_p50_us: snap.latency.p50.as_micros() as u64,
-        latency_p99_us: snap.latency.p99.as_micros() as u64,
-    };
-    if args.json {
-        println!("{}", summary.to_json());
-    } else {
-        println!("{}", summary.to_text());
-    }
-    if summary.delivered + summary.undelivered != sent {
+    if counts.delivered + counts.undelivered != sent {
         bail!(
             "delivery contract violated: {sent} accepted but {} acknowledged + {} handed back",
-            summary.delivered,
-            summary.undelivered
+            counts.delivered,
+            counts.undelivered
         );
     }
-    if summary.delivered < args.count {
+    if counts.delivered < args.count {
         let why = stop
             .or_else(|| back.first_reason.map(|r| r.to_string()))
             .unwrap_or_else(|| "unknown reason".to_owned());
         bail!(
-            "{} of {} messages not delivered: {why}",
-            args.count - summary.delivered,
-            args.count
+            "{} of {} messages not delivered ({} handed back, {} not sent): {why}",
+            args.count - counts.delivered,
+            args.count,
+            counts.undelivered,
+            args.count - sent,
         );
     }
     Ok(())
@@ -336,9 +373,21 @@ mod tests {
         check(
             NetError::Transport(TransportError::Refused {
                 peer: to().peer,
-                detail: "access denied".into(),
+                detail: "closed during the handshake (code 7: connection limit reached)".into(),
             }),
-            "refused",
+            "refused by the peer at 127.0.0.1:4433: closed during the handshake (code 7",
+        );
+        let limit = describe_connect_error(
+            &NetError::Transport(TransportError::Refused {
+                peer: to().peer,
+                detail: "code 7".into(),
+            }),
+            &to(),
+        );
+        assert!(!limit.contains("allow"), "{limit}");
+        check(
+            NetError::Transport(TransportError::Denied { peer: to().peer }),
+            "its allow-list does not admit this node",
         );
         check(NetError::ConnectTimeout { peer: to().peer }, "unreachable");
         check(

@@ -146,31 +146,44 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Parses a flat JSON object of numbers into key → number.
-fn parse_json_numbers(s: &str) -> BTreeMap<String, f64> {
-    let body = s
-        .trim()
-        .strip_prefix('{')
-        .and_then(|b| b.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not a JSON object: {s:?}"));
-    body.split(',')
-        .map(|kv| {
-            let (k, v) = kv
-                .split_once(':')
-                .unwrap_or_else(|| panic!("bad pair {kv:?}"));
-            let k = k
-                .trim()
-                .strip_prefix('"')
-                .and_then(|k| k.strip_suffix('"'))
-                .expect("quoted key");
-            let v: f64 = v
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{k} is not a number: {v:?}"));
-            assert!(v.is_finite(), "{k} is not finite");
-            (k.to_owned(), v)
-        })
-        .collect()
+/// The keys of `send --json`, sorted.
+const SEND_KEYS: [&str; 10] = [
+    "delivered",
+    "elapsed_s",
+    "error",
+    "latency_p50_us",
+    "latency_p99_us",
+    "msgs_per_s",
+    "not_sent",
+    "requested",
+    "sent",
+    "undelivered",
+];
+
+/// Parses the one JSON line `send --json` printed and checks that it agrees
+/// with itself and with the run: every key, the counts add up
+/// (`requested = sent + not_sent`, `sent = delivered + undelivered`), and
+/// `error` is the text of the `error:` line on stderr (or null on success).
+/// Returns the numbers by key.
+#[track_caller]
+fn send_json(f: &Finished) -> BTreeMap<String, f64> {
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line on stdout: {:?}", f.stdout);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let o = v.as_object().expect("a JSON object");
+    let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    assert_eq!(keys, SEND_KEYS, "{o:?}");
+    let n: BTreeMap<String, f64> = o
+        .iter()
+        .filter(|(k, _)| *k != "error")
+        .map(|(k, v)| (k.clone(), v.as_f64().expect("a number")))
+        .collect();
+    assert_eq!(n["requested"], n["sent"] + n["not_sent"], "{n:?}");
+    assert_eq!(n["sent"], n["delivered"] + n["undelivered"], "{n:?}");
+    let error_line = f.stderr.lines().find_map(|l| l.strip_prefix("error: "));
+    assert_eq!(o["error"].as_str(), error_line, "JSON error vs stderr");
+    assert_eq!(f.status.success(), error_line.is_none());
+    n
 }
 
 /// Asserts a failed run printed exactly one `error:` line containing `needle`, and no panic.
@@ -236,20 +249,8 @@ fn listen_then_send_100k_messages_reports_json() {
         s.stdout,
         s.stderr
     );
-    let json = parse_json_numbers(s.stdout.lines().next().expect("a JSON line"));
-    let keys: Vec<&str> = json.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "delivered",
-            "elapsed_s",
-            "latency_p50_us",
-            "latency_p99_us",
-            "msgs_per_s",
-            "sent",
-            "undelivered"
-        ]
-    );
+    let json = send_json(&s);
+    assert_eq!(json["requested"], 100_000.0);
     assert_eq!(json["sent"], 100_000.0);
     assert_eq!(json["delivered"], 100_000.0);
     assert_eq!(json["undelivered"], 0.0);
@@ -270,9 +271,13 @@ fn listen_then_send_100k_messages_reports_json() {
 fn send_to_a_wrong_peer_id_fails_with_one_line() {
     let l = listen(&["--bind", "127.0.0.1:0", "--timeout", "120"]);
     let to = format!("{}@{}", other_peer_id(), l.addr());
-    let s = run(&["send", "--to", &to, "--count", "10", "--size", "8"]);
+    let s = run(&[
+        "send", "--to", &to, "--count", "10", "--size", "8", "--json",
+    ]);
     assert_one_line_error(&s, "mismatch");
     assert!(s.stderr.contains(&other_peer_id()));
+    let json = send_json(&s);
+    assert_eq!((json["sent"], json["not_sent"]), (0.0, 10.0));
 }
 
 #[test]
@@ -293,8 +298,14 @@ fn allow_list_refuses_other_senders() {
         "10",
         "--size",
         "8",
+        "--json",
     ]);
     assert_one_line_error(&s, "refused");
+    // The listener refuses in the TLS handshake (access_denied): the hint
+    // names the allow-list the refusal came from.
+    assert_one_line_error(&s, "allow-list");
+    let json = send_json(&s);
+    assert_eq!((json["sent"], json["not_sent"]), (0.0, 10.0));
 }
 
 #[test]
@@ -352,8 +363,11 @@ fn send_to_an_unreachable_address_fails_with_one_line() {
         "1",
         "--connect-timeout",
         "1",
+        "--json",
     ]);
     assert_one_line_error(&s, "unreachable");
+    let json = send_json(&s);
+    assert_eq!((json["sent"], json["not_sent"]), (0.0, 1.0));
 }
 
 #[test]
@@ -483,7 +497,16 @@ fn sender_fails_fast_when_the_listener_goes_away() {
         "120",
     ]);
     assert_one_line_error(&s, "not delivered");
-    let json = parse_json_numbers(s.stdout.lines().next().expect("a JSON line"));
+    let json = send_json(&s);
+    // The error line says the same numbers as the JSON.
+    let line = s.stderr.trim_end();
+    let expect = format!(
+        "error: {} of 100000 messages not delivered ({} handed back, {} not sent): ",
+        100_000 - json["delivered"] as u64,
+        json["undelivered"] as u64,
+        json["not_sent"] as u64,
+    );
+    assert!(line.starts_with(&expect), "{line:?} vs {expect:?}");
     // Acknowledged means taken by the listener's application, a whole batch at
     // a time: never more than the 1000 it read, and some of them.
     assert!(json["delivered"] <= 1000.0, "{json:?}");

@@ -136,7 +136,7 @@ async fn killed_peer_fails_hands_back_and_is_redialed_on_return() {
     // sent while the peer is down are accepted at once: with a full queue,
     // `send` would wait for the redial, which waits for the restart below.
     config
-        .max_redials(10_000)
+        .max_failed_dials(10_000)
         .unreachable_after(Duration::from_secs(120))
         .connect_timeout(Duration::from_secs(2))
         .queue_capacity(MAX_STREAMED as usize + 1_000);

@@ -1,64 +1,9 @@
-//! The connection lifecycle state machine: [`ConnState`], [`StateMachine`],
-//! the [`Transition`] event and [`TransitionError`].
+//! The connection lifecycle state machine: [`StateMachine`], the
+//! [`Transition`] event and [`TransitionError`], over [`ConnState`] (one type
+//! for the whole workspace, defined in `qudag-metrics`, the lowest crate that
+//! names it).
 
-use std::fmt;
-
-/// The lifecycle state of one connection to a peer.
-///
-/// The allowed transitions are exactly:
-///
-/// | from           | to             | when                                     |
-/// |----------------|----------------|------------------------------------------|
-/// | `New`          | `Connecting`   | the first dial starts                    |
-/// | `Connecting`   | `Connected`    | the handshake completed                  |
-/// | `Connecting`   | `Failed`       | the dial failed                          |
-/// | `Connected`    | `Disconnected` | closed (or pooled) on purpose            |
-/// | `Connected`    | `Failed`       | the connection was lost                  |
-/// | `Disconnected` | `Connecting`   | redial                                   |
-/// | `Failed`       | `Connecting`   | redial, once [`Backoff`](crate::Backoff) allows it |
-///
-/// Every other pair, including staying in the same state, is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConnState {
-    /// Created, never dialed.
-    New,
-    /// A dial (or the handshake of an accepted connection) is in progress.
-    Connecting,
-    /// Authenticated and usable.
-    Connected,
-    /// Closed on purpose; may be dialed again at once.
-    Disconnected,
-    /// A dial failed or the connection was lost; may be dialed again after backoff.
-    Failed,
-}
-
-impl ConnState {
-    /// All five states, in declaration order (handy for exhaustive tests and metrics).
-    pub const ALL: [ConnState; 5] = [
-        ConnState::New,
-        ConnState::Connecting,
-        ConnState::Connected,
-        ConnState::Disconnected,
-        ConnState::Failed,
-    ];
-
-    /// A stable lowercase name, suitable as a metrics label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ConnState::New => "new",
-            ConnState::Connecting => "connecting",
-            ConnState::Connected => "connected",
-            ConnState::Disconnected => "disconnected",
-            ConnState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for ConnState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use qudag_metrics::ConnState;
 
 /// A state change that happened: the event to publish (to metrics and to users).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,6 +92,7 @@ impl StateMachine {
                 | (Connected, Disconnected)
                 | (Connected, Failed)
                 | (Disconnected, Connecting)
+                | (Disconnected, Connected)
                 | (Failed, Connecting)
         )
     }
@@ -158,13 +104,14 @@ mod tests {
     use ConnState::*;
 
     /// The documented table, written out independently of `is_allowed`.
-    const ALLOWED: [(ConnState, ConnState); 7] = [
+    const ALLOWED: [(ConnState, ConnState); 8] = [
         (New, Connecting),
         (Connecting, Connected),
         (Connecting, Failed),
         (Connected, Disconnected),
         (Connected, Failed),
         (Disconnected, Connecting),
+        (Disconnected, Connected),
         (Failed, Connecting),
     ];
 

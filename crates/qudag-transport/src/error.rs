@@ -76,7 +76,16 @@ pub enum TransportError {
         /// What the transport observed.
         detail: String,
     },
-    /// The remote endpoint refused the connection (for example its allow-list, or its limit on handshakes).
+    /// The remote endpoint's allow-list does not admit this identity (over
+    /// QUIC: the TLS alert `access_denied`).
+    #[error("peer {peer} refused the connection: its allow-list does not admit this identity")]
+    Denied {
+        /// The refusing peer (as dialed).
+        peer: PeerId,
+    },
+    /// The remote endpoint refused the connection for another reason than
+    /// its allow-list (its limit on handshakes or connections, or it is
+    /// shutting down); `detail` says which, as far as the transport knows.
     #[error("peer {peer} refused the connection: {}", PeerText(.detail.as_bytes()))]
     Refused {
         /// The refusing peer (as dialed).
@@ -161,6 +170,7 @@ impl TransportError {
         match self {
             TransportError::Unreachable { peer, .. }
             | TransportError::Refused { peer, .. }
+            | TransportError::Denied { peer }
             | TransportError::NotAllowed { peer }
             | TransportError::Closed { peer, .. }
             | TransportError::Protocol { peer, .. }

@@ -343,10 +343,7 @@ impl Transport for MemoryTransport {
         }
         if let Some(allow) = &*target.allow.lock() {
             if !allow.contains(&self.ep.peer) {
-                return Err(TransportError::Refused {
-                    peer: to.peer,
-                    detail: "not on the peer's allow-list".into(),
-                });
+                return Err(TransportError::Denied { peer: to.peer });
             }
         }
         let link = Link::new(&self.net, &self.ep, &target);

@@ -99,7 +99,7 @@ async fn allow_list_refuses_strangers() {
     );
     host.set_allow_list(Some([peer("f")]));
     let err = stranger.dial(&addr_of(&host)).await.expect_err("refused");
-    assert!(matches!(err, TransportError::Refused { peer: p, .. } if p == peer("h")));
+    assert!(matches!(err, TransportError::Denied { peer: p } if p == peer("h")));
     let (_d, l) = connect(&friend, &host).await;
     assert_eq!(l.peer(), peer("f"));
     host.set_allow_list(None::<Vec<PeerId>>);

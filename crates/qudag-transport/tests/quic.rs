@@ -149,7 +149,7 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
         .expect("guard")
         .expect_err("stranger refused");
     assert!(
-        matches!(&err, TransportError::Refused { peer, detail } if *peer == host.id.peer_id() && detail.contains("allow-list")),
+        matches!(&err, TransportError::Denied { peer } if *peer == host.id.peer_id()),
         "{err:?}"
     );
 

@@ -408,10 +408,7 @@ fn dial_error(
         ConnectionError::ConnectionClosed(c)
             if c.error_code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
         {
-            TransportError::Refused {
-                peer: to.peer,
-                detail: "the peer's allow-list does not admit this identity".into(),
-            }
+            TransportError::Denied { peer: to.peer }
         }
         ConnectionError::ConnectionClosed(c)
             if c.error_code == TransportErrorCode::crypto(ALERT_NO_APPLICATION_PROTOCOL) =>
