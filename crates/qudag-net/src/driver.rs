@@ -200,7 +200,9 @@ impl Driver {
             if let Err(end) = self.flush_ready().await {
                 self.session_lost(end);
             }
-            let connected = self.session.is_some();
+            // A pooled (idle) session is not used for new messages until
+            // `demand` takes it out of the pool (Disconnected -> Connected).
+            let connected = self.session.is_some() && !self.idle;
             let sendable = self.outbox.may_send_new();
             let batch_deadline = if sendable {
                 self.batcher.poll_timeout().map(Instant::from_std)
