@@ -63,6 +63,11 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+/// The crate's README, compiled as a doctest so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod histogram;
 mod metrics;
 #[cfg(feature = "prometheus")]

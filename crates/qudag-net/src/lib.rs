@@ -70,6 +70,11 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// This crate's README, compiled as a doctest too.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 mod budget;
 mod config;
 mod driver;

@@ -280,7 +280,7 @@ async fn exchange(args: SendArgs, counts: &mut Counts) -> anyhow::Result<()> {
                 break;
             }
         }
-        if sent % EVENT_CHECK_EVERY == 0 {
+        if sent.is_multiple_of(EVENT_CHECK_EVERY) {
             back.drain(&mut events);
         }
         if let Some(why) = back.stop_reason() {

@@ -10,9 +10,12 @@
 //!
 //! - [`StateMachine`] and [`ConnState`]: the lifecycle
 //!   `New -> Connecting -> Connected -> Disconnected | Failed`, with
-//!   `Connecting -> Failed`, `Disconnected -> Connecting` and
-//!   `Failed -> Connecting` (after backoff). Every change returns a
+//!   `Connecting -> Failed`, `Disconnected -> Connecting`,
+//!   `Disconnected -> Connected` (a pooled connection taken back, no dial)
+//!   and `Failed -> Connecting` (after backoff). Every change returns a
 //!   [`Transition`] event; any other change is a [`TransitionError`].
+//!   [`ConnState`] is `qudag-metrics`' type, re-exported: one type for the
+//!   whole workspace.
 //! - [`Pool`]: idle connections, one per peer, over a `DashMap`, all methods
 //!   `&self`. [`Pool::checkout`] never returns a closed or expired connection
 //!   (see [`Poolable`]); [`Pool::poll_timeout`] and [`Pool::handle_timeout`]
@@ -79,6 +82,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
+
+/// The crate's README, compiled as a doctest so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 mod backoff;
 mod dial;

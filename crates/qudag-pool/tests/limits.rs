@@ -146,7 +146,7 @@ fn limiter_never_over_admits_under_many_threads() {
                                 assert!(c <= MAX_CONNS, "{c} connections admitted");
                                 assert!(d <= MAX_DIALS, "{d} dials admitted");
                                 live_dials.fetch_sub(1, Ordering::SeqCst);
-                                if rng.next() % 2 == 0 {
+                                if rng.next().is_multiple_of(2) {
                                     held.push(permit.established());
                                 } else {
                                     live_conns.fetch_sub(1, Ordering::SeqCst);
@@ -249,7 +249,7 @@ fn pool_and_limiter_under_many_threads() {
                                 held.push((peer, c));
                             } else if let Ok(permit) = pool.try_dial(&l, |_, c| drop(c)) {
                                 assert!(l.connections() <= MAX_CONNS);
-                                if rng.next() % 4 != 0 {
+                                if !rng.next().is_multiple_of(4) {
                                     let id = next_id.fetch_add(1, Ordering::Relaxed) as u64;
                                     held_ids.lock().insert(id);
                                     let c = Conn {
@@ -264,7 +264,7 @@ fn pool_and_limiter_under_many_threads() {
                         1 | 2 if !held.is_empty() => {
                             // disconnect(): park it idle (sometimes already dead).
                             let (peer, c) = held.swap_remove(rng.next() as usize % held.len());
-                            if rng.next() % 5 == 0 {
+                            if rng.next().is_multiple_of(5) {
                                 c.alive.store(false, Ordering::SeqCst);
                             }
                             held_ids.lock().remove(&c.id);
