@@ -31,6 +31,23 @@
 //! What it does not do: peer discovery, routing, or resending what was handed
 //! back (that is the application's decision).
 //!
+//! # Logs
+//!
+//! The manager logs through `tracing`, in spans a subscriber can filter
+//! and group by:
+//!
+//! - `peer` (field `peer`): one per peer, around everything its driver does
+//!   (dials, redials, pooling, hand-backs); a root span.
+//! - `accept` (fields `peer`, `remote`): the set-up of one inbound
+//!   connection; a root span.
+//! - `conn` (fields `id`, `peer`, `side`, `remote`): one per connection,
+//!   around its reader; under the `peer` span for a dial and under the
+//!   `accept` span for an inbound connection. `id` is unique in the process.
+//!
+//! A protocol violation by a peer is a `warn` line ("closing connection:
+//! protocol violation"); routine events (a dial failed, a connection ended
+//! or was replaced) are `debug`.
+//!
 //! # Examples
 //!
 //! Two managers over the in-memory transport (QUIC is the same with
