@@ -184,6 +184,49 @@ async fn a_pooled_reuse_makes_no_dial_and_is_counted_as_reuse() {
     bob.shutdown(GRACE).await;
 }
 
+// ---- max_failed_dials counts attempts ----------------------------------
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn max_failed_dials_is_the_number_of_dial_attempts() {
+    let net = MemoryNetwork::new();
+    let (a_t, b_t) = (counting(&net, "alice"), counting(&net, "bob"));
+    let b_addr = addr_of(&*b_t);
+    let mut config = ManagerConfig::default();
+    config.max_failed_dials(4);
+    let alice = ConnectionManager::new(config, a_t.clone()).unwrap();
+    let bob = ConnectionManager::new(ManagerConfig::default(), b_t).unwrap();
+    let mut events = alice.events().unwrap();
+    let mut bob_in = bob.incoming().unwrap();
+    alice.connect(b_addr).await.unwrap();
+    alice
+        .send(&b_addr.peer, Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    bob_in.recv().await.unwrap();
+    bob.shutdown(GRACE).await; // closes Bob's endpoint: every dial now fails
+    assert_eq!(a_t.dials.load(Ordering::SeqCst), 1);
+
+    alice
+        .send(&b_addr.peer, Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    let reason = loop {
+        match events.recv().await.expect("events") {
+            Event::Undelivered {
+                messages, reason, ..
+            } => {
+                assert_eq!(messages, [Bytes::from_static(b"two")]);
+                break reason;
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, UndeliveredReason::Unreachable);
+    // The first dial after the loss counts: 4 attempts, not 5.
+    assert_eq!(a_t.dials.load(Ordering::SeqCst), 1 + 4);
+    alice.shutdown(GRACE).await;
+}
+
 // ---- every error variant, reached through the facade -------------------
 
 /// A name for every variant a user can meet. The `match`es name each

@@ -1,7 +1,8 @@
 //! Tracing spans: one `peer` span per peer driver, one `accept` span per
 //! inbound set-up, one `conn` span per connection under it, and the
-//! driver's log lines inside its peer's span. Recorded by a small
-//! subscriber on a current-thread runtime (every task runs on this thread).
+//! driver's log lines inside its peer's span; and the warning a protocol
+//! violation at set-up logs. Recorded by a small subscriber on a
+//! current-thread runtime (every task runs on this thread).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,8 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
-use qudag_net::{ConnectionManager, ManagerConfig, MemoryNetwork, PeerAddr, PeerId, Transport};
+use qudag_net::{
+    CloseReason, Connection, ConnectionManager, ErrorKind, ManagerConfig, MemoryNetwork,
+    MemoryTransport, PeerAddr, PeerId, RecvStream, SendStream, Side, Transport, TransportError,
+};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -24,6 +30,7 @@ struct SpanRec {
 
 #[derive(Debug, Clone)]
 struct EventRec {
+    level: tracing::Level,
     target: String,
     message: String,
     /// Names of the entered spans, innermost last.
@@ -89,6 +96,7 @@ impl Subscriber for Recorder {
         let mut log = self.log.lock().unwrap();
         let stack = log.stack.clone();
         log.events.push(EventRec {
+            level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
             message: fields.remove("message").unwrap_or_default(),
             stack,
@@ -175,4 +183,112 @@ async fn drivers_and_connections_log_inside_their_spans() {
             "{e:?} outside a peer span"
         );
     }
+}
+
+/// Accepts like the transport it wraps, but every accepted connection's
+/// stream opens with a protocol error, as QUIC reports a bad stream
+/// preamble (`TransportError::Protocol`).
+#[derive(Debug)]
+struct BadPreamble(MemoryTransport);
+
+#[derive(Debug)]
+struct BadStream(Arc<dyn Connection>);
+
+#[qudag_net::async_trait]
+impl Transport for BadPreamble {
+    fn local_peer(&self) -> PeerId {
+        self.0.local_peer()
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+    async fn dial(&self, to: &PeerAddr) -> Result<Arc<dyn Connection>, TransportError> {
+        self.0.dial(to).await
+    }
+    async fn accept(&self) -> Result<Arc<dyn Connection>, TransportError> {
+        Ok(Arc::new(BadStream(self.0.accept().await?)))
+    }
+    fn close(&self) {
+        self.0.close();
+    }
+}
+
+#[qudag_net::async_trait]
+impl Connection for BadStream {
+    fn peer(&self) -> PeerId {
+        self.0.peer()
+    }
+    fn remote_addr(&self) -> SocketAddr {
+        self.0.remote_addr()
+    }
+    fn side(&self) -> Side {
+        self.0.side()
+    }
+    async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
+        Err(TransportError::Protocol {
+            peer: self.0.peer(),
+            detail: "bad stream preamble 0x00".into(),
+        })
+    }
+    fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), TransportError> {
+        self.0.export_keying_material(out, label, context)
+    }
+    fn rtt(&self) -> Option<Duration> {
+        self.0.rtt()
+    }
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.0.close(code, reason);
+    }
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.0.close_reason()
+    }
+    async fn closed(&self) -> CloseReason {
+        self.0.closed().await
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_bad_stream_preamble_is_warned_about_like_any_protocol_violation() {
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let net = MemoryNetwork::new();
+    let a_t = Arc::new(net.bind(PeerId::from_public_key(b"alice")));
+    let b_t = Arc::new(BadPreamble(net.bind(PeerId::from_public_key(b"bob"))));
+    let alice_id = a_t.local_peer();
+    let b_addr = PeerAddr::new(b_t.local_peer(), b_t.local_addr());
+    let mut config = ManagerConfig::default();
+    config.connect_timeout(Duration::from_secs(2));
+    let alice = ConnectionManager::new(config, a_t).unwrap();
+    let bob = ConnectionManager::new(ManagerConfig::default(), b_t).unwrap();
+    // Alice's dial completes on her side; Bob's set-up fails, he counts
+    // the error, warns, and closes the connection.
+    let _ = alice.connect(b_addr).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bob.metrics_snapshot().errors.total() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no error counted");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(bob.metrics_snapshot().errors.get(ErrorKind::Transport), 1);
+    alice.shutdown(Duration::from_secs(1)).await;
+    bob.shutdown(Duration::from_secs(1)).await;
+
+    let log = recorder.log.lock().unwrap();
+    let warned: Vec<&EventRec> = log
+        .events
+        .iter()
+        .filter(|e| {
+            e.level == tracing::Level::WARN
+                && e.message.contains("closing connection: protocol violation")
+        })
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", log.events);
+    // Logged inside Bob's accept span for Alice.
+    let span = &log.spans[warned[0].stack.last().expect("inside a span")];
+    assert_eq!(span.name, "accept");
+    assert_eq!(span.fields["peer"], alice_id.to_string());
 }
