@@ -419,7 +419,8 @@ impl Driver {
     async fn on_ctl(&mut self, ctl: Ctl) {
         match ctl {
             Ctl::Connect(reply) => {
-                let r = self.connect().await;
+                // The user's connect waits for the listener's acceptance.
+                let r = self.connect(true).await;
                 let _ = reply.send(r);
             }
             Ctl::Disconnect(reply) => {
@@ -453,7 +454,13 @@ impl Driver {
     }
 
     /// Ensures a usable session: the live one, a pooled one, or a new dial.
-    async fn connect(&mut self) -> Result<(), NetError> {
+    ///
+    /// With `confirm`, a new dial also waits for the listener's acceptance
+    /// ([`Connection::accepted`]), so a refusal is this call's error. Without
+    /// it the session is used at once: its first bytes leave behind the
+    /// handshake, and a refusal shows up as the connection ending before the
+    /// peer's RESUME (counted as a failed dial in `session_lost`).
+    async fn connect(&mut self, confirm: bool) -> Result<(), NetError> {
         if self.session.is_some() {
             if !self.idle {
                 return Ok(());
@@ -500,7 +507,22 @@ impl Driver {
             let conn = shared.transport.dial(&to).await?;
             let slot = permit.established();
             let ctx = shared.reader_ctx(to.peer, recv)?;
-            session::establish(conn, shared.local, slot, ctx).await
+            let session = session::establish(conn, shared.local, slot, ctx).await?;
+            if confirm {
+                if let Err(e) = session.handle.conn.accepted().await {
+                    // The peer took the connection and then closed it as
+                    // the loser of a simultaneous dial: not a refusal. The
+                    // session ends as a duplicate, and the winner arrives.
+                    let replaced = matches!(
+                        session.handle.conn.close_reason(),
+                        Some(CloseReason::Remote { code, .. }) if code == CloseCode::Duplicate as u32
+                    );
+                    if !replaced {
+                        return Err(e.into());
+                    }
+                }
+            }
+            Ok(session)
         })
         .await;
         self.shared.sink.pending_dials(-1);
@@ -511,6 +533,9 @@ impl Driver {
         match result {
             Ok(session) => {
                 self.adopt(session, OpenKind::Dialed);
+                if confirm {
+                    self.accepted();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -534,15 +559,25 @@ impl Driver {
         self.session = Some(session);
         self.outbox.connected();
         self.idle = false;
-        self.failed_dials = 0;
         self.next_redial = None;
-        self.shared.backoff.on_success(&self.peer.id);
+        if how != OpenKind::Dialed {
+            // An unconfirmed dial counts as a success once the peer's
+            // RESUME shows the listener took it (`accepted`).
+            self.accepted();
+        }
         if self.state() != ConnState::Connected {
             if self.state() != ConnState::Connecting {
                 self.set_state(ConnState::Connecting);
             }
             self.set_state(ConnState::Connected);
         }
+    }
+
+    /// The peer took the current connection: the failed-dial count and the
+    /// backoff start over.
+    fn accepted(&mut self) {
+        self.failed_dials = 0;
+        self.shared.backoff.on_success(&self.peer.id);
     }
 
     /// A connection the peer opened (already set up: the peer opened its
@@ -606,7 +641,9 @@ impl Driver {
             // `give_up_at` (down_since + unreachable_after).
             return;
         }
-        let result = self.connect().await;
+        // A send does not wait for the listener's acceptance: the first
+        // batch leaves right behind the handshake.
+        let result = self.connect(false).await;
         let deadline = later(since, self.shared.config.unreachable_after);
         match result {
             Ok(()) => {}
@@ -809,6 +846,7 @@ impl Driver {
         };
         let mut violation = None;
         if let Some(resume) = signals.take_resume() {
+            self.accepted();
             let s = self.session.as_mut().expect("checked");
             s.peer_incarnation = Some(resume.incarnation);
             if resume.incarnation != s.resume_known {
@@ -911,9 +949,13 @@ impl Driver {
     /// in the window, to be resent on the next connection (a redial, or the
     /// peer's), and is handed back only if none comes in time.
     fn session_lost(&mut self, end: SessionEnd) {
-        if self.session.is_none() {
+        let Some(current) = &self.session else {
             return;
-        }
+        };
+        // A connection we dialed that ended before the peer's RESUME: the
+        // listener refused it, or never answered on it.
+        let unanswered_dial =
+            current.peer_incarnation.is_none() && current.handle.conn.side() == Side::Dialer;
         match &end {
             SessionEnd::Closed(CloseReason::Remote { code, .. })
                 if *code == CloseCode::Duplicate as u32 =>
@@ -958,6 +1000,20 @@ impl Driver {
             } else {
                 self.set_state(ConnState::Failed);
                 self.shared.backoff.on_failure(self.peer.id, std_now());
+            }
+        }
+        let local = matches!(
+            end,
+            SessionEnd::Closed(CloseReason::Local { .. } | CloseReason::EndpointClosed)
+        );
+        if unanswered_dial && !orderly && !duplicate && !local {
+            // A dial the listener did not take counts as a failed dial, as
+            // a refusal during `dial` would.
+            self.shared.sink.error(ErrorKind::DialFailed);
+            self.failed_dials += 1;
+            if pending && self.failed_dials >= self.shared.config.max_failed_dials {
+                self.give_up();
+                return;
             }
         }
         if pending {
@@ -1030,7 +1086,7 @@ impl Driver {
                     // only ever dialed us), and take the peer's if it comes.
                     let mut retry = None;
                     if self.winner_due.is_none() && self.peer.addr.lock().is_some() {
-                        match self.connect().await {
+                        match self.connect(false).await {
                             Ok(()) => continue,
                             Err(NetError::Backoff { retry_at, .. }) => {
                                 retry = Some(retry_at);

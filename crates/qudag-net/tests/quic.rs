@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use qudag_net::{ConnState, ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig, TransportError};
+use qudag_net::{
+    ConnState, ErrorKind, ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig, TransportError,
+    UndeliveredReason,
+};
 
 mod support;
 
@@ -165,4 +168,49 @@ async fn shutdown_with_messages_in_flight_over_quic() {
     assert_eq!(acked + back.len() as u64, accepted);
     assert_eq!(a.mgr.metrics_snapshot().memory_bytes, 0);
     b.mgr.shutdown(Duration::ZERO).await;
+}
+
+/// `connect` waits for the listener's acceptance, so an allow-list refusal
+/// is its error. `send` does not wait: its first bytes leave behind the
+/// handshake, and a refusal shows up as the connection ending before the
+/// peer's RESUME, which counts as a failed dial, so `max_failed_dials`
+/// still hands the message back as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_listener_is_a_connect_error_and_failed_dials_for_send() {
+    let mut config = ManagerConfig::default();
+    config.max_failed_dials(3);
+    let mut a = quic_node(config);
+    let mut quic = QuicConfig::default();
+    quic.allow_list(Some(vec![PeerId::from_public_key(b"somebody else")]));
+    let b = support::quic_node(ManagerConfig::default(), quic);
+
+    let e = a.mgr.connect(b.addr).await.unwrap_err();
+    assert!(
+        matches!(e, NetError::Transport(TransportError::Denied { peer }) if peer == b.addr.peer),
+        "{e:?}"
+    );
+    // The address is known now; a send dials without waiting for the word.
+    let dials_before = a.mgr.metrics_snapshot().errors.get(ErrorKind::DialFailed);
+    a.mgr.send(&b.addr.peer, msg(1)).await.unwrap();
+    let back = support::guard("hand-back", Duration::from_secs(60), async {
+        loop {
+            let back = handed_back(&mut a.events);
+            if !back.is_empty() {
+                break back;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].2, UndeliveredReason::Unreachable);
+    let s = a.mgr.metrics_snapshot();
+    assert_eq!(
+        s.errors.get(ErrorKind::DialFailed) - dials_before,
+        3,
+        "three unanswered dials"
+    );
+    assert_eq!(s.messages_acked, 0);
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    b.mgr.shutdown(Duration::from_secs(1)).await;
 }

@@ -164,6 +164,19 @@ pub trait Connection: Send + Sync + fmt::Debug + 'static {
     fn close_reason(&self) -> Option<CloseReason>;
     /// Waits until the connection is closed and returns why.
     async fn closed(&self) -> CloseReason;
+    /// Resolves once the remote has accepted this connection.
+    ///
+    /// A dialer's [`Transport::dial`] may return as soon as its own side of
+    /// the handshake is done, so its first bytes leave without waiting a
+    /// round trip; the listener can still refuse it after that (over QUIC:
+    /// its allow-list, [`TransportError::Denied`], or its limits,
+    /// [`TransportError::Refused`]). This waits for the listener's word and
+    /// returns the error `dial` would have returned. Later calls return the
+    /// same result. The default (a listener's side, or a transport that
+    /// decides during `dial`, like [`MemoryTransport`]) is `Ok(())` at once.
+    async fn accepted(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
     /// True while the connection is open.
     fn is_alive(&self) -> bool {
         self.close_reason().is_none()

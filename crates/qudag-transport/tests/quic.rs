@@ -144,7 +144,14 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
     config.allow_list(Some(vec![friend.id.peer_id()]));
     let host = Node::new(config);
 
-    let err = timeout(GUARD, stranger.t.dial(&host.addr()))
+    // The stranger's side of the handshake completes (a QUIC client
+    // finishes before the server checked its certificate): `dial` returns,
+    // and `accepted` brings the refusal.
+    let conn = timeout(GUARD, stranger.t.dial(&host.addr()))
+        .await
+        .expect("guard")
+        .expect("the dialer's side completes");
+    let err = timeout(GUARD, conn.accepted())
         .await
         .expect("guard")
         .expect_err("stranger refused");
@@ -152,6 +159,13 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
         matches!(&err, TransportError::Denied { peer } if *peer == host.id.peer_id()),
         "{err:?}"
     );
+    // The same answer again, and the connection is closed.
+    let again = timeout(GUARD, conn.accepted()).await.expect("guard");
+    assert!(
+        matches!(again, Err(TransportError::Denied { .. })),
+        "{again:?}"
+    );
+    assert!(!conn.is_alive());
 
     // The friend gets in, and is the first (only) connection accept returns.
     let (d, l) = connect(&friend, &host).await;

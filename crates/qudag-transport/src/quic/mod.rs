@@ -15,10 +15,13 @@
 //! - **Acceptance.** When the listener's side of the handshake completes (it
 //!   verified the dialer's certificate and allow-list), it opens one
 //!   unidirectional stream, writes the byte [`ACCEPT_BYTE`] (`0x41`) and
-//!   finishes it. The dialer's [`dial`](Transport::dial) returns only after it
-//!   read that byte. (A QUIC client finishes its handshake before the server
-//!   has checked the client's certificate; without this step an allow-list
-//!   refusal would show up as a connection lost after a successful dial.)
+//!   finishes it. A QUIC client finishes its handshake before the server has
+//!   checked the client's certificate, so the dialer's
+//!   [`dial`](Transport::dial) returns at that point (its first bytes can
+//!   leave at once, queued behind its handshake), and
+//!   [`Connection::accepted`] reads the byte: it returns the refusal
+//!   ([`TransportError::Denied`] for the allow-list) that `dial` used to
+//!   return, under the same handshake deadline.
 //! - **Batch stream.** The dialer's [`open_stream`](Connection::open_stream)
 //!   opens the connection's one bidirectional stream and writes the byte
 //!   [`STREAM_PREAMBLE`] (`0x51`), which makes the stream visible to the
@@ -501,31 +504,12 @@ impl Transport for QuicTransport {
             Ok(Err(e)) => return Err(fail(e)),
             Ok(Ok(conn)) => conn,
         };
-        // 3. The listener's acceptance (it checked our certificate and its allow-list).
-        match tokio::time::timeout_at(deadline, read_acceptance(&conn)).await {
-            Err(_) => {
-                conn.close(VarInt::from_u32(0), b"handshake timeout");
-                Err(TransportError::HandshakeTimeout {
-                    peer: Some(to.peer),
-                    addr: to.addr,
-                })
-            }
-            Ok(Err(Acceptance::Lost(e))) => Err(fail(e)),
-            Ok(Err(Acceptance::Bad(detail))) => {
-                conn.close(VarInt::from_u32(0), b"bad acceptance");
-                Err(TransportError::Handshake {
-                    peer: Some(to.peer),
-                    addr: to.addr,
-                    detail,
-                })
-            }
-            Ok(Ok(())) => Ok(Arc::new(QuicConnection::new(
-                conn,
-                to.peer,
-                Side::Dialer,
-                self.shared.clone(),
-            ))),
-        }
+        // 3. The listener's acceptance (it checked our certificate and its
+        // allow-list) is read by `accepted`, not here: the caller's first
+        // bytes need not wait for it.
+        let mut c = QuicConnection::new(conn, to.peer, Side::Dialer, self.shared.clone());
+        c.acceptance_deadline = Some(deadline);
+        Ok(Arc::new(c))
     }
 
     async fn accept(&self) -> Result<Arc<dyn Connection>, TransportError> {
@@ -557,9 +541,13 @@ impl Transport for QuicTransport {
     }
 }
 
+/// Why the listener's acceptance did not arrive (kept, so that every call
+/// of [`Connection::accepted`] gives the same answer).
+#[derive(Debug, Clone)]
 enum Acceptance {
     Lost(ConnectionError),
     Bad(String),
+    Timeout,
 }
 
 async fn read_acceptance(conn: &quinn::Connection) -> Result<(), Acceptance> {
@@ -760,6 +748,11 @@ pub struct QuicConnection {
     conn: quinn::Connection,
     peer: PeerId,
     side: Side,
+    /// A dialer's deadline for the listener's acceptance (the dial's
+    /// handshake deadline); `None` on the listener.
+    acceptance_deadline: Option<tokio::time::Instant>,
+    /// The listener's acceptance, read once.
+    acceptance: tokio::sync::OnceCell<Result<(), Acceptance>>,
     stream_taken: AtomicBool,
     local_close: Mutex<Option<(u32, Bytes)>>,
     endpoint: Arc<EndpointShared>,
@@ -787,6 +780,8 @@ impl QuicConnection {
             conn,
             peer,
             side,
+            acceptance_deadline: None,
+            acceptance: tokio::sync::OnceCell::new(),
             stream_taken: AtomicBool::new(false),
             local_close: Mutex::new(None),
             endpoint,
@@ -828,6 +823,23 @@ impl QuicConnection {
         }
     }
 
+    /// The dial error for a listener that did not accept.
+    fn acceptance_error(&self, failure: &Acceptance) -> TransportError {
+        let to = PeerAddr::new(self.peer, self.conn.remote_address());
+        match failure {
+            Acceptance::Lost(e) => dial_error(&to, &Mutex::new(None), &self.endpoint, e.clone()),
+            Acceptance::Bad(detail) => TransportError::Handshake {
+                peer: Some(self.peer),
+                addr: to.addr,
+                detail: detail.clone(),
+            },
+            Acceptance::Timeout => TransportError::HandshakeTimeout {
+                peer: Some(self.peer),
+                addr: to.addr,
+            },
+        }
+    }
+
     fn protocol_error(&self, detail: String) -> TransportError {
         TransportError::Protocol {
             peer: self.peer,
@@ -854,6 +866,32 @@ impl Connection for QuicConnection {
 
     fn side(&self) -> Side {
         self.side
+    }
+
+    async fn accepted(&self) -> Result<(), TransportError> {
+        let Some(deadline) = self.acceptance_deadline else {
+            return Ok(());
+        };
+        let result = self
+            .acceptance
+            .get_or_init(|| async {
+                match tokio::time::timeout_at(deadline, read_acceptance(&self.conn)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Acceptance::Timeout),
+                }
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                match failure {
+                    Acceptance::Timeout => self.close(0, b"handshake timeout"),
+                    Acceptance::Bad(_) => self.close(0, b"bad acceptance"),
+                    Acceptance::Lost(_) => {}
+                }
+                Err(self.acceptance_error(failure))
+            }
+        }
     }
 
     async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
@@ -1031,9 +1069,13 @@ mod tests {
         let forged = QuicTransport::bind_cert(loopback(), forged_cert(), QuicConfig::default())
             .expect("bind forged");
         let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
-        let refused = tokio::time::timeout(GUARD, forged.dial(&to))
-            .await
-            .expect("guard");
+        // The dialer's side completes before the listener checks its
+        // certificate; the refusal is the acceptance's error.
+        let refused = tokio::time::timeout(GUARD, async {
+            forged.dial(&to).await?.accepted().await
+        })
+        .await
+        .expect("guard");
         assert!(refused.is_err(), "forged certificate accepted");
 
         // The listener hands out the next genuine dialer, not the forged one.
