@@ -313,6 +313,17 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
         let _ = (bytes, latency);
     }
 
+    /// The peer acknowledged several messages at once: `(bytes, latency)`
+    /// of each, in send order. The default calls
+    /// [`message_acked`](Self::message_acked) for each, so a sink that
+    /// implements only that one sees every message; [`Metrics`](crate::Metrics)
+    /// updates its counters once per call.
+    fn messages_acked(&self, acked: &mut dyn Iterator<Item = (usize, Duration)>) {
+        for (bytes, latency) in acked {
+            self.message_acked(bytes, latency);
+        }
+    }
+
     /// A message of `bytes` payload bytes was handed back to the sender's
     /// application as undelivered.
     fn message_undelivered(&self, bytes: usize) {
@@ -329,6 +340,16 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
     /// the application.
     fn message_received(&self, bytes: usize) {
         let _ = bytes;
+    }
+
+    /// Several messages of one batch were received and passed on to the
+    /// application: the payload size of each. The default calls
+    /// [`message_received`](Self::message_received) for each;
+    /// [`Metrics`](crate::Metrics) updates its counters once per call.
+    fn messages_received(&self, sizes: &mut dyn Iterator<Item = usize>) {
+        for bytes in sizes {
+            self.message_received(bytes);
+        }
     }
 
     /// A connection moved from `from` to `to`.
@@ -452,6 +473,10 @@ impl MetricsSink for FanOut {
     fn message_acked(&self, bytes: usize, latency: Duration) {
         forward!(self, message_acked(bytes, latency));
     }
+    fn messages_acked(&self, acked: &mut dyn Iterator<Item = (usize, Duration)>) {
+        let acked: Vec<(usize, Duration)> = acked.collect();
+        forward!(self, messages_acked(&mut acked.iter().copied()));
+    }
     fn message_undelivered(&self, bytes: usize) {
         forward!(self, message_undelivered(bytes));
     }
@@ -460,6 +485,10 @@ impl MetricsSink for FanOut {
     }
     fn message_received(&self, bytes: usize) {
         forward!(self, message_received(bytes));
+    }
+    fn messages_received(&self, sizes: &mut dyn Iterator<Item = usize>) {
+        let sizes: Vec<usize> = sizes.collect();
+        forward!(self, messages_received(&mut sizes.iter().copied()));
     }
     fn state_changed(&self, from: ConnState, to: ConnState) {
         forward!(self, state_changed(from, to));

@@ -60,8 +60,10 @@ pub(crate) enum Ctl {
     Connect(oneshot::Sender<Result<(), NetError>>),
     Disconnect(oneshot::Sender<()>),
     /// An inbound connection, set up by the accept path (never by the driver,
-    /// so a peer that stalls its set-up cannot hold the driver).
-    Inbound(Session),
+    /// so a peer that stalls its set-up cannot hold the driver). Boxed: tokio
+    /// allocates a channel's first block of 32 slots up front, per peer, so
+    /// a 176-byte `Session` inline would cost every idle peer about 5 KiB.
+    Inbound(Box<Session>),
     Expire(Arc<session::SessionHandle>),
     Shutdown {
         deadline: Instant,
@@ -373,7 +375,10 @@ impl Driver {
     fn take(&mut self, env: Envelope) {
         // `send` checked the size against the same limit, so push cannot refuse;
         // if it ever did, the message goes back to the application, not away.
-        if let Err(e) = self.batcher.push(env, std_now()) {
+        // The message's wait started at `send`: its batch deadline counts
+        // from there (and this saves a clock read per message).
+        let since = env.sent_at.into_std();
+        if let Err(e) = self.batcher.push(env, since) {
             self.hand_back(
                 vec![e.into_message()],
                 UndeliveredReason::ConnectionFailed,
@@ -438,7 +443,7 @@ impl Driver {
                 }
                 let _ = reply.send(());
             }
-            Ctl::Inbound(session) => self.inbound(session),
+            Ctl::Inbound(session) => self.inbound(*session),
             Ctl::Expire(handle) => {
                 if self
                     .session
@@ -834,15 +839,15 @@ impl Driver {
         // between the two reads was lost with the connection.)
         let ended = signals.take_ended();
         let before = self.outbox.acked();
-        let sink = self.shared.sink.clone();
         let now = Instant::now();
         let mut acked_bytes = 0usize;
-        let mut acked_msgs = 0isize;
+        // (bytes, latency) of each acknowledged message: reported to the
+        // sink once, below, not once per message.
+        let mut acked_list: Vec<(usize, std::time::Duration)> = Vec::new();
         let mut on_acked = |env: Envelope| {
             let len = env.payload.len();
             acked_bytes += len;
-            acked_msgs += 1;
-            sink.message_acked(len, now.duration_since(env.sent_at));
+            acked_list.push((len, now.duration_since(env.sent_at)));
         };
         let mut violation = None;
         if let Some(resume) = signals.take_resume() {
@@ -874,10 +879,12 @@ impl Driver {
                 violation = Some(e);
             }
         }
-        if acked_msgs > 0 {
-            self.shared.sink.memory(-(acked_bytes as isize));
+        if !acked_list.is_empty() {
+            let sink = &self.shared.sink;
+            sink.messages_acked(&mut acked_list.iter().copied());
+            sink.memory(-(acked_bytes as isize));
             self.peer.budget.give(acked_bytes);
-            self.shared.sink.queued_messages(-acked_msgs);
+            sink.queued_messages(-(acked_list.len() as isize));
         }
         if self.outbox.acked() > before || (self.outbox.synced() && self.outbox.is_empty()) {
             // Progress: the peer is reachable and acknowledging.
@@ -1102,7 +1109,7 @@ impl Driver {
                     }
                     tokio::select! {
                         ctl = self.ctl.recv() => match ctl {
-                            Some(Ctl::Inbound(session)) => self.inbound(session),
+                            Some(Ctl::Inbound(session)) => self.inbound(*session),
                             Some(_) => {}
                             None => return,
                         },
@@ -1142,7 +1149,7 @@ impl Driver {
                     () = self.peer.recv.wake.notified() => {}
                     ctl = self.ctl.recv() => {
                         if let Some(Ctl::Inbound(session)) = ctl {
-                            self.inbound(session);
+                            self.inbound(*session);
                         }
                     }
                 }
@@ -1299,5 +1306,27 @@ impl Shared {
             sink: self.sink.clone(),
             recv,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio allocates each channel's first block (32 slots) when the
+    /// channel is made, so every peer pays 32 control messages and 32
+    /// envelopes up front, before anything is sent.
+    #[test]
+    fn per_peer_channel_slots_stay_small() {
+        assert!(
+            std::mem::size_of::<Ctl>() <= 32,
+            "Ctl is {} bytes",
+            std::mem::size_of::<Ctl>()
+        );
+        assert!(
+            std::mem::size_of::<Envelope>() <= 48,
+            "Envelope is {} bytes",
+            std::mem::size_of::<Envelope>()
+        );
     }
 }

@@ -219,7 +219,7 @@ impl Shared {
                     if !shared.is_known(&id) {
                         shared.track_unproven(&session.handle);
                     }
-                    if let Err(e) = peer.ctl.send(Ctl::Inbound(session)) {
+                    if let Err(e) = peer.ctl.send(Ctl::Inbound(Box::new(session))) {
                         // The driver retired meanwhile: close what it will not take.
                         if let Ctl::Inbound(session) = e.0 {
                             session.handle.close(CloseCode::Normal);

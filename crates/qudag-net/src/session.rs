@@ -381,7 +381,7 @@ pub(crate) async fn establish(
 }
 
 /// Smallest read the reader offers the stream, and its buffer size when idle.
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = 1024;
 /// Largest read the reader offers the stream at once.
 const MAX_READ: usize = 64 * 1024;
 
@@ -515,11 +515,9 @@ async fn read_frames(
                         inbox.commit(inc, first, count);
                         continue;
                     }
-                    let mut bytes = 0;
-                    for m in &messages {
-                        bytes += m.len();
-                        ctx.sink.message_received(m.len());
-                    }
+                    let bytes: usize = messages.iter().map(Bytes::len).sum();
+                    ctx.sink
+                        .messages_received(&mut messages.iter().map(Bytes::len));
                     // Waits while the application holds `incoming_bytes`
                     // unread (holding the inbox, like the channel below).
                     let budget = u32::try_from(bytes).unwrap_or(u32::MAX);

@@ -1071,11 +1071,10 @@ mod tests {
         let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
         // The dialer's side completes before the listener checks its
         // certificate; the refusal is the acceptance's error.
-        let refused = tokio::time::timeout(GUARD, async {
-            forged.dial(&to).await?.accepted().await
-        })
-        .await
-        .expect("guard");
+        let refused =
+            tokio::time::timeout(GUARD, async { forged.dial(&to).await?.accepted().await })
+                .await
+                .expect("guard");
         assert!(refused.is_err(), "forged certificate accepted");
 
         // The listener hands out the next genuine dialer, not the forged one.
