@@ -223,8 +223,9 @@ impl Driver {
                 && self.next_redial.is_none()
                 && self.batcher.pending_messages() == 0
                 && self.outbox.is_empty();
-            // A driver with nothing to do for a while retires (see `retire`).
-            if !pull_for_demand || self.down_since.is_some() {
+            // A driver with nothing to do for a while retires (see `retire`);
+            // never while it holds a session, pooled or not.
+            if !pull_for_demand || self.down_since.is_some() || self.session.is_some() {
                 self.quiet_since = None;
             } else if self.quiet_since.is_none() {
                 self.quiet_since = Some(Instant::now());

@@ -298,6 +298,44 @@ async fn pooled_reuse_does_not_dial() {
     assert_eq!(net.live_connections(), 1);
 }
 
+/// The listener side can pool too: a connection the peer dialed, put in the
+/// pool with `disconnect`, stays there (open, counted) until the pool
+/// timeout, whether or not the peer ever sent a message, and a send takes
+/// it back without a dial.
+#[tokio::test(start_paused = true)]
+async fn an_inbound_connection_stays_pooled_on_the_listener() {
+    let net = MemoryNetwork::new();
+    for sent_first in [false, true] {
+        let a = node(&net, &format!("dialer {sent_first}"));
+        let mut b = node(&net, &format!("listener {sent_first}"));
+        a.mgr.connect(b.addr).await.unwrap();
+        if sent_first {
+            a.mgr.send(&b.addr.peer, msg(0)).await.unwrap();
+            assert_eq!(index(&b.incoming.recv().await.unwrap().1), 0);
+        }
+        while b.mgr.status(&a.addr.peer) != Some(ConnState::Connected) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        b.mgr.disconnect(&a.addr.peer).await.unwrap();
+        assert_eq!(b.mgr.pooled_connections(), 1);
+        // Well before the pool timeout (300 s) and the peer idle timeout.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(b.mgr.pooled_connections(), 1, "still pooled ({sent_first})");
+        assert_eq!(b.mgr.open_connections(), 1, "still open ({sent_first})");
+        assert_eq!(b.mgr.status(&a.addr.peer), Some(ConnState::Disconnected));
+        // b sends back over the pooled connection: no dial (b could not
+        // dial a, which never told b an address).
+        b.mgr.send(&a.addr.peer, msg(1)).await.unwrap();
+        let mut a = a;
+        assert_eq!(index(&a.incoming.recv().await.unwrap().1), 1);
+        let opens = b.mgr.metrics_snapshot().opens;
+        assert_eq!(opens.get(qudag_net::OpenKind::Reused), 1);
+        assert_eq!(opens.get(qudag_net::OpenKind::Dialed), 0);
+        a.mgr.shutdown(Duration::from_secs(1)).await;
+        b.mgr.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn pooled_connection_expires_after_the_pool_timeout() {
     let net = MemoryNetwork::new();
