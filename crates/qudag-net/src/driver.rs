@@ -19,7 +19,7 @@ use qudag_batch::{
 use qudag_crypto::PeerId;
 use qudag_metrics::{CloseKind, ErrorKind, OpenKind};
 use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
-use qudag_transport::{CloseReason, PeerAddr, Side};
+use qudag_transport::{CloseReason, PeerAddr, Side, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -118,6 +118,9 @@ pub(crate) struct Driver {
     /// The peer closed our connection as a simultaneous dial's loser: its
     /// winner should arrive by then.
     winner_due: Option<Instant>,
+    /// `connect` calls whose dial the peer replaced: answered when the
+    /// winner is adopted, or when `winner_due` passes without it.
+    connect_waiters: Vec<oneshot::Sender<Result<(), NetError>>>,
     /// The last connection ended because the peer stopped acknowledging
     /// (the reason given if the messages go back).
     unresponsive: bool,
@@ -187,6 +190,7 @@ impl Driver {
             down_since: None,
             quiet_since: None,
             winner_due: None,
+            connect_waiters: Vec::new(),
             unresponsive: false,
             had_session: false,
         };
@@ -224,8 +228,13 @@ impl Driver {
                 && self.batcher.pending_messages() == 0
                 && self.outbox.is_empty();
             // A driver with nothing to do for a while retires (see `retire`);
-            // never while it holds a session, pooled or not.
-            if !pull_for_demand || self.down_since.is_some() || self.session.is_some() {
+            // never while it holds a session, pooled or not, or waits for a
+            // simultaneous dial's winner.
+            if !pull_for_demand
+                || self.down_since.is_some()
+                || self.session.is_some()
+                || self.winner_due.is_some()
+            {
                 self.quiet_since = None;
             } else if self.quiet_since.is_none() {
                 self.quiet_since = Some(Instant::now());
@@ -272,6 +281,13 @@ impl Driver {
                     self.winner_due = None;
                     if !connected && self.state() == ConnState::Connected {
                         self.set_state(ConnState::Disconnected);
+                    }
+                    if self.session.is_none() && self.state() == ConnState::Connecting {
+                        // Our dial was replaced and the winner never came.
+                        self.set_state(ConnState::Failed);
+                    }
+                    for waiter in self.connect_waiters.drain(..) {
+                        let _ = waiter.send(Err(NetError::ConnectTimeout { peer: self.peer.id }));
                     }
                 }
                 () = sleep_until(retire_at) => {
@@ -425,9 +441,16 @@ impl Driver {
     async fn on_ctl(&mut self, ctl: Ctl) {
         match ctl {
             Ctl::Connect(reply) => {
-                // The user's connect waits for the listener's acceptance.
-                let r = self.connect(true).await;
-                let _ = reply.send(r);
+                // The user's connect waits for the listener's acceptance,
+                // or, if the peer replaced our dial, for its winner.
+                match self.connect(true).await {
+                    Err(e) if replaced(&e) && self.winner_due.is_some() => {
+                        self.connect_waiters.push(reply);
+                    }
+                    r => {
+                        let _ = reply.send(r);
+                    }
+                }
             }
             Ctl::Disconnect(reply) => {
                 if let Some(s) = &self.session {
@@ -516,16 +539,19 @@ impl Driver {
             let session = session::establish(conn, shared.local, slot, ctx).await?;
             if confirm {
                 if let Err(e) = session.handle.conn.accepted().await {
-                    // The peer took the connection and then closed it as
-                    // the loser of a simultaneous dial: not a refusal. The
-                    // session ends as a duplicate, and the winner arrives.
-                    let replaced = matches!(
-                        session.handle.conn.close_reason(),
-                        Some(CloseReason::Remote { code, .. }) if code == CloseCode::Duplicate as u32
-                    );
-                    if !replaced {
-                        return Err(e.into());
-                    }
+                    // Closed by the peer as the loser of a simultaneous
+                    // dial is not a refusal: say so (see `replaced`).
+                    return Err(match session.handle.conn.close_reason() {
+                        Some(reason @ CloseReason::Remote { code, .. })
+                            if code == CloseCode::Duplicate as u32 =>
+                        {
+                            NetError::Transport(TransportError::Closed {
+                                peer: to.peer,
+                                reason,
+                            })
+                        }
+                        _ => e.into(),
+                    });
                 }
             }
             Ok(session)
@@ -543,6 +569,16 @@ impl Driver {
                     self.accepted();
                 }
                 Ok(())
+            }
+            Err(e) if replaced(&e) => {
+                // The peer closed our dial as the loser of a simultaneous
+                // dial: not a failure. Its own dial is the winner and arrives
+                // as inbound (adopted in `inbound`); until `winner_due` the
+                // state stays Connecting.
+                tracing::debug!(peer = %self.peer.id, "dial replaced by the peer's");
+                self.shared.sink.connection_closed(CloseKind::Duplicate);
+                self.winner_due = Some(later(Instant::now(), self.shared.config.connect_timeout));
+                Err(e)
             }
             Err(e) => {
                 self.shared.sink.error(error_kind(&e));
@@ -562,6 +598,9 @@ impl Driver {
         session.signals.adopt();
         self.had_session = true;
         self.winner_due = None;
+        for waiter in self.connect_waiters.drain(..) {
+            let _ = waiter.send(Ok(()));
+        }
         self.session = Some(session);
         self.outbox.connected();
         self.idle = false;
@@ -656,6 +695,11 @@ impl Driver {
             Err(NetError::Backoff { retry_at, .. }) => {
                 // Wake at the retry; `give_up_at` ends the wait if it turns too long.
                 self.next_redial = Some(retry_at.min(deadline));
+            }
+            Err(e) if replaced(&e) => {
+                // The peer's dial is the winner: wait for it, and dial again
+                // only if it does not come.
+                self.next_redial = self.winner_due.map(|t| t.min(deadline));
             }
             Err(e) => {
                 self.failed_dials += 1;
@@ -1265,6 +1309,18 @@ fn unresponsive_reason() -> CloseReason {
         code: CloseCode::Unresponsive as u32,
         reason: Bytes::from_static(CloseCode::Unresponsive.reason()),
     }
+}
+
+/// Whether `e` is our dial closed by the peer as the loser of a
+/// simultaneous dial (close code `Duplicate`): the peer's own dial wins.
+fn replaced(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Transport(TransportError::Closed {
+            reason: CloseReason::Remote { code, .. },
+            ..
+        }) if *code == CloseCode::Duplicate as u32
+    )
 }
 
 pub(crate) fn error_kind(e: &NetError) -> ErrorKind {

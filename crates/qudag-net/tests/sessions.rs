@@ -107,3 +107,133 @@ async fn simultaneous_dial_in_memory_with_paused_time_hands_nothing_back() {
 async fn simultaneous_dial_in_memory_with_threads_hands_nothing_back() {
     in_memory_repetitions().await;
 }
+
+/// Holds `accept` until released, and makes every dialed connection's
+/// stream set-up wait until the connection is closed: so a dial the peer
+/// closes as a simultaneous dial's loser fails *during* set-up, and the
+/// peer's winner arrives only when the test says.
+#[derive(Debug)]
+struct Gate {
+    inner: qudag_net::MemoryTransport,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+struct SlowOpen(std::sync::Arc<dyn qudag_net::Connection>);
+
+#[qudag_net::async_trait]
+impl qudag_net::Transport for Gate {
+    fn local_peer(&self) -> qudag_net::PeerId {
+        self.inner.local_peer()
+    }
+    fn local_addr(&self) -> std::net::SocketAddr {
+        self.inner.local_addr()
+    }
+    async fn dial(
+        &self,
+        to: &qudag_net::PeerAddr,
+    ) -> Result<std::sync::Arc<dyn qudag_net::Connection>, qudag_net::TransportError> {
+        Ok(std::sync::Arc::new(SlowOpen(self.inner.dial(to).await?)))
+    }
+    async fn accept(
+        &self,
+    ) -> Result<std::sync::Arc<dyn qudag_net::Connection>, qudag_net::TransportError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.accept().await
+    }
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
+#[qudag_net::async_trait]
+impl qudag_net::Connection for SlowOpen {
+    fn peer(&self) -> qudag_net::PeerId {
+        self.0.peer()
+    }
+    fn remote_addr(&self) -> std::net::SocketAddr {
+        self.0.remote_addr()
+    }
+    fn side(&self) -> qudag_net::Side {
+        self.0.side()
+    }
+    async fn open_stream(
+        &self,
+    ) -> Result<(qudag_net::SendStream, qudag_net::RecvStream), qudag_net::TransportError> {
+        self.0.closed().await;
+        self.0.open_stream().await
+    }
+    fn export_keying_material(
+        &self,
+        out: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), qudag_net::TransportError> {
+        self.0.export_keying_material(out, label, context)
+    }
+    fn rtt(&self) -> Option<Duration> {
+        self.0.rtt()
+    }
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.0.close(code, reason);
+    }
+    fn close_reason(&self) -> Option<qudag_net::CloseReason> {
+        self.0.close_reason()
+    }
+    async fn closed(&self) -> qudag_net::CloseReason {
+        self.0.closed().await
+    }
+}
+
+/// The peer closes our dial as a simultaneous dial's loser while we are
+/// still setting it up: that is not a failure. `connect` waits for the
+/// peer's winning connection and succeeds on it, and the state never
+/// shows Failed.
+#[tokio::test(start_paused = true)]
+async fn a_dial_replaced_during_set_up_waits_for_the_winner() {
+    use qudag_net::{CloseKind, PeerId};
+    let net = MemoryNetwork::new();
+    let (x, y) = (PeerId::from_public_key(b"x"), PeerId::from_public_key(b"y"));
+    // The connection the lower PeerId dialed wins.
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    let (release, open) = tokio::sync::watch::channel(false);
+    let gate = std::sync::Arc::new(Gate {
+        inner: net.bind(high),
+        open,
+    });
+    let mut h = support::node_on(gate, ManagerConfig::default());
+    let mut l = memory_node_with_id(&net, low);
+
+    // `low` dials first; `high` does not accept it yet.
+    l.mgr.connect(h.addr).await.expect("low connects");
+    // `high` dials back: `low` keeps its own dial and closes this one,
+    // which fails while `high` sets it up.
+    let high_mgr = h.mgr.clone();
+    let low_addr = l.addr;
+    let connect = tokio::spawn(async move { high_mgr.connect(low_addr).await });
+    guard("the dial is replaced", Duration::from_secs(10), async {
+        while h.mgr.metrics_snapshot().closes.get(CloseKind::Duplicate) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(!connect.is_finished(), "connect waits for the winner");
+    // Now the winner arrives.
+    release.send_replace(true);
+    let r = guard("connect", Duration::from_secs(10), connect).await;
+    r.expect("task").expect("connect succeeds on the winner");
+    assert_eq!(h.mgr.status(&l.addr.peer), Some(ConnState::Connected));
+    h.mgr.send(&l.addr.peer, msg(7, 8)).await.unwrap();
+    let got = recv_n(&mut l.incoming, h.addr.peer, 1).await;
+    assert_eq!(index(&got[0]), 7);
+    let mut back = HandedBack::default();
+    back.drain(&mut h.events);
+    check(0, &back);
+    h.mgr.shutdown(Duration::from_secs(1)).await;
+    l.mgr.shutdown(Duration::from_secs(1)).await;
+}
+
+fn memory_node_with_id(net: &MemoryNetwork, id: qudag_net::PeerId) -> Node {
+    support::node_on(std::sync::Arc::new(net.bind(id)), ManagerConfig::default())
+}
