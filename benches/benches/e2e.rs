@@ -217,6 +217,7 @@ impl Line {
 }
 
 /// One row of the report: a figure's samples beside its baseline's.
+#[derive(Default)]
 struct Row<'a> {
     /// Stable key the report's goals refer to.
     id: &'a str,
@@ -233,24 +234,6 @@ struct Row<'a> {
     /// More sample arrays (e.g. `sealer_values`), by field name.
     extra: &'a [(&'a str, &'a [f64])],
     note: &'a str,
-}
-
-impl Default for Row<'_> {
-    fn default() -> Self {
-        Row {
-            id: "",
-            scenario: "",
-            figure: "",
-            unit: "",
-            baseline: "",
-            values: &[],
-            baseline_values: &[],
-            paired: false,
-            inverted: false,
-            extra: &[],
-            note: "",
-        }
-    }
 }
 
 /// Where the lines go: the file and stdout.

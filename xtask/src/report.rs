@@ -783,7 +783,7 @@ fn baseline_cell(r: &Row) -> String {
     if let Some((sealer, c)) = r.ceiling {
         let _ = write!(
             s,
-            "; ceiling with a second ChaCha20-Poly1305 pass: {} (sealer {})",
+            "; ceiling with a second ChaCha20-Poly1305 pass: {}, from the sealer's {}",
             value(c, &r.unit),
             value(sealer, &r.unit)
         );
@@ -806,12 +806,12 @@ pub(crate) fn goals_table(rows: &[Row]) -> (String, Vec<(&'static Goal, Verdict)
             Some(r) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {}: {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
                     g.issue,
                     g.title,
                     value(r.value, &r.unit),
-                    baseline_cell(r),
                     value(r.baseline_value, &r.unit),
+                    baseline_cell(r),
                     ratio_cell(r),
                     r.spread.cell(&r.unit),
                     g.cell(),
