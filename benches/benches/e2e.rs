@@ -17,6 +17,9 @@
 //! over a 20 ms RTT delay proxy), `latency`, `memory`.
 //!
 //! Run: `cargo bench -p qudag-benches --bench e2e -- [--quick] [--only NAME] [--out PATH]`.
+//! For a profile of the manager's side alone (5 full-size runs, no
+//! baseline, no output file): `-- --profile-send SIZE [PER_CALL]` under
+//! `perf record`.
 //!
 //! Memory is counted by a `GlobalAlloc` wrapper (live heap bytes) and by RSS,
 //! each measurement in a fresh process (this binary, `--measure ...`); the
@@ -1376,6 +1379,23 @@ fn main() -> Result<(), BoxError> {
             .enable_all()
             .build()?;
         return rt.block_on(child(&rest));
+    }
+    if let Some(i) = args.iter().position(|a| a == "--profile-send") {
+        // Only the manager's side of one throughput size, for `perf record`.
+        let size: usize = args.get(i + 1).ok_or("--profile-send SIZE [PER_CALL]")?.parse()?;
+        let per_call: usize = args.get(i + 2).and_then(|a| a.parse().ok()).unwrap_or(1);
+        let plan = Plan::new(false);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(async {
+            for _ in 0..plan.repeats {
+                let run = manager_throughput(size, plan.count(size), per_call).await?;
+                eprintln!("e2e: {size} B x {per_call}: {:.0} msg/s", run.msgs_per_sec);
+            }
+            Ok(())
+        });
     }
     let quick = args.iter().any(|a| a == "--quick");
     let out_path = args

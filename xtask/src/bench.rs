@@ -1,4 +1,8 @@
 //! `cargo xtask bench`: run every suite, then write the report and plots.
+//!
+//! The numbers come from the suites; the judging (medians, spreads,
+//! ceilings, goals) is in [`report`]; the analysis of unmet goals is written
+//! by hand in `docs/bench-notes.md` and copied in, so it survives every run.
 
 use std::fmt::Write as _;
 use std::process::Command;
