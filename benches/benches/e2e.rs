@@ -1382,7 +1382,10 @@ fn main() -> Result<(), BoxError> {
     }
     if let Some(i) = args.iter().position(|a| a == "--profile-send") {
         // Only the manager's side of one throughput size, for `perf record`.
-        let size: usize = args.get(i + 1).ok_or("--profile-send SIZE [PER_CALL]")?.parse()?;
+        let size: usize = args
+            .get(i + 1)
+            .ok_or("--profile-send SIZE [PER_CALL]")?
+            .parse()?;
         let per_call: usize = args.get(i + 2).and_then(|a| a.parse().ok()).unwrap_or(1);
         let plan = Plan::new(false);
         let rt = tokio::runtime::Builder::new_multi_thread()
