@@ -120,6 +120,9 @@ struct Plan {
     sealer_iters: usize,
     /// Interleaved rounds of the time-to-first-message scenario.
     ttfm_pairs: usize,
+    /// Interleaved (raw, manager) measurements of the idle-connection memory
+    /// (`mem_conns` each; the `many_conns` measurement runs once per side).
+    mem_pairs: usize,
     mem_conns: usize,
     many_conns: usize,
 }
@@ -139,6 +142,7 @@ impl Plan {
                 pairs: 2,
                 sealer_iters: 100,
                 ttfm_pairs: 3,
+                mem_pairs: 2,
                 mem_conns: 100,
                 many_conns: 200,
             }
@@ -155,6 +159,7 @@ impl Plan {
                 pairs: 7,
                 sealer_iters: 2000,
                 ttfm_pairs: 15,
+                mem_pairs: 3,
                 mem_conns: 1000,
                 many_conns: 10_000,
             }
@@ -1217,8 +1222,19 @@ async fn raw_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
 async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     let limit = Duration::from_secs(if plan.quick { 60 } else { 240 });
     let n = plan.mem_conns;
-    let raw = measure_in_process("raw", n, limit).await?;
-    let mgr = measure_in_process("manager", n, limit).await?;
+    // Interleaved pairs, each measurement in a fresh process; the labels
+    // and the accounted figure come from the last pair.
+    let (mut raws, mut mgrs) = (Vec::new(), Vec::new());
+    for _ in 0..plan.mem_pairs {
+        raws.push(measure_in_process("raw", n, limit).await?);
+        mgrs.push(measure_in_process("manager", n, limit).await?);
+    }
+    let (raw, mgr) = (
+        raws.last().ok_or("no memory pairs")?,
+        mgrs.last().ok_or("no memory pairs")?,
+    );
+    let heap = |v: &[MemRun]| v.iter().map(|r| r.heap_per_conn).collect::<Vec<f64>>();
+    let rss = |v: &[MemRun]| v.iter().map(|r| r.rss_per_conn).collect::<Vec<f64>>();
     out.result(&Row {
         id: "mem_idle_heap",
         scenario: "memory per idle connection",
@@ -1231,11 +1247,11 @@ async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
             "raw quinn connection + one open bidi stream (heap, {} held)",
             raw.held
         ),
-        values: &[mgr.heap_per_conn],
-        baseline_values: &[raw.heap_per_conn],
+        values: &heap(&mgrs),
+        baseline_values: &heap(&raws),
         paired: true,
         note: &format!(
-            "live heap bytes counted at the allocator, listener side only, each side measured once in a fresh process (heap counts vary little between runs); of the manager's figure, {:.1} KiB per connection are buffers it accounts in its memory gauge; ratio = manager / baseline",
+            "live heap bytes counted at the allocator, listener side only, each measurement in a fresh process, raw and manager interleaved; of the manager's figure, {:.1} KiB per connection are buffers it accounts in its memory gauge; ratio = manager / baseline",
             mgr.accounted_per_conn / 1024.0
         ),
         ..Row::default()
@@ -1246,8 +1262,8 @@ async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         figure: "manager, pooled idle connection (RSS)",
         unit: "B",
         baseline: "raw quinn connection + one open bidi stream (RSS)",
-        values: &[mgr.rss_per_conn],
-        baseline_values: &[raw.rss_per_conn],
+        values: &rss(&mgrs),
+        baseline_values: &rss(&raws),
         paired: true,
         note: "RSS delta of the listener process (fresh process per measurement); coarse: pages, not bytes, and untouched allocations do not count",
         ..Row::default()

@@ -302,8 +302,8 @@ fn markdown(
          and each baseline is the **median** of its runs, and the ratio is the ratio of the two \
          medians. The **spread** column gives the lowest and highest ratio of the individual \
          pairs (\"pairs\"), or, where the runs are not paired, the lowest and highest run of the \
-         figure (\"runs\"); \"one run\" is a single measurement (the heap counts, which vary \
-         little). The 64 KiB goal may instead be met against its **ceiling**: \
+         figure (\"runs\"); \"one run\" is a single measurement (the 10,000-connection \
+         figures, which take a quarter of a minute per side, and the raw RTT). The 64 KiB goal may instead be met against its **ceiling**: \
          `1 / (1/raw + 1/sealer)`, the rate the raw bulk transfer would have with a second \
          ChaCha20-Poly1305 pass over every byte, where `sealer` is the default sealer's (ring) \
          rate sealing 64-KiB buffers, measured in every round of the same run; the goal is met if \
