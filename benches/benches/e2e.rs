@@ -3,8 +3,8 @@
 //!
 //! A custom `main` (`harness = false`): the scenarios do not fit criterion's
 //! iteration model. Each measurement runs over a bounded count and is
-//! repeated in interleaved rounds (manager, baseline, manager, baseline,
-//! ...), so that drift or a noise episode on a shared machine falls on both
+//! repeated in interleaved rounds (manager, baseline, baseline, manager,
+//! ...: every other round in reverse order), so that drift or a noise episode on a shared machine falls on both
 //! sides of a pair. Every sample is written, as one JSON object per line, to
 //! `target/qudag-bench/e2e.jsonl` (or `--out PATH`); `cargo xtask bench`
 //! computes the medians, the spread of the pairs, the ratios and the goals
@@ -514,12 +514,27 @@ fn sealer_rate(iters: usize) -> Result<f64, BoxError> {
     Ok(iters as f64 * 65536.0 / start.elapsed().as_secs_f64() / 1e6)
 }
 
+/// One run of a throughput round.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// The manager, `send` per message.
+    Send,
+    /// Raw quinn, `write_all` per message on one stream.
+    Raw,
+    /// The manager, `send_many` with 64 messages per call.
+    Many,
+    /// Raw quinn, a uni stream per message.
+    Uni,
+    /// The default sealer's rate at 64 KiB.
+    Sealer,
+}
+
 /// The message sizes of the throughput plot; 128 B and 64 KiB also carry goals.
 const SIZES: [usize; 6] = [64, 128, 1024, 4096, 16384, 65536];
 
 /// Every size is measured in interleaved rounds (manager, then raw quinn,
-/// then the extra runs of that size), so drift or a noise episode on a
-/// shared machine hits both sides of a pair; the report takes the median of
+/// then the extra runs of that size; every other round in reverse order),
+/// so drift or a noise episode on a shared machine hits both sides of a pair; the report takes the median of
 /// each side and shows the spread of the per-pair ratios.
 async fn throughput(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     for size in SIZES {
@@ -530,17 +545,30 @@ async fn throughput(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut batching = Vec::new();
         let uni_count = (count / 4).max(200);
-        for _ in 0..rounds {
-            let run = manager_throughput(size, count, 1).await?;
-            mgr.push(run.msgs_per_sec);
-            batching.push((run.msgs_per_sec, run.msgs_per_batch, run.bytes_per_batch));
-            raw.push(raw_stream_throughput(size, count).await?);
+        for round in 0..rounds {
+            let mut jobs = vec![Job::Send, Job::Raw];
             if size == 128 {
-                many.push(manager_throughput(size, count, 64).await?.msgs_per_sec);
-                uni.push(raw_uni_throughput(size, uni_count).await?);
+                jobs.extend([Job::Many, Job::Uni]);
             }
             if size == 65536 {
-                sealer.push(sealer_rate(plan.sealer_iters)?);
+                jobs.push(Job::Sealer);
+            }
+            // ABBA: every other round runs in reverse, so no side always goes first.
+            if round % 2 == 1 {
+                jobs.reverse();
+            }
+            for job in jobs {
+                match job {
+                    Job::Send => {
+                        let run = manager_throughput(size, count, 1).await?;
+                        mgr.push(run.msgs_per_sec);
+                        batching.push((run.msgs_per_sec, run.msgs_per_batch, run.bytes_per_batch));
+                    }
+                    Job::Raw => raw.push(raw_stream_throughput(size, count).await?),
+                    Job::Many => many.push(manager_throughput(size, count, 64).await?.msgs_per_sec),
+                    Job::Uni => uni.push(raw_uni_throughput(size, uni_count).await?),
+                    Job::Sealer => sealer.push(sealer_rate(plan.sealer_iters)?),
+                }
             }
         }
         let mb = |m: f64| m * size as f64 / 1e6;
@@ -989,9 +1017,14 @@ async fn ttfm_raw() -> Result<f64, BoxError> {
 /// manager and raw quinn in interleaved rounds.
 async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     let (mut mgr, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..plan.ttfm_pairs {
-        mgr.push(ttfm_manager().await?);
-        raw.push(ttfm_raw().await?);
+    for round in 0..plan.ttfm_pairs {
+        if round % 2 == 0 {
+            mgr.push(ttfm_manager().await?);
+            raw.push(ttfm_raw().await?);
+        } else {
+            raw.push(ttfm_raw().await?);
+            mgr.push(ttfm_manager().await?);
+        }
     }
     out.result(&Row {
         id: "ttfm_rtt20",
@@ -1225,9 +1258,19 @@ async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     // Interleaved pairs, each measurement in a fresh process; the labels
     // and the accounted figure come from the last pair.
     let (mut raws, mut mgrs) = (Vec::new(), Vec::new());
-    for _ in 0..plan.mem_pairs {
-        raws.push(measure_in_process("raw", n, limit).await?);
-        mgrs.push(measure_in_process("manager", n, limit).await?);
+    for round in 0..plan.mem_pairs {
+        for kind in if round % 2 == 0 {
+            ["raw", "manager"]
+        } else {
+            ["manager", "raw"]
+        } {
+            let run = measure_in_process(kind, n, limit).await?;
+            if kind == "raw" {
+                raws.push(run);
+            } else {
+                mgrs.push(run);
+            }
+        }
     }
     let (raw, mgr) = (
         raws.last().ok_or("no memory pairs")?,

@@ -297,7 +297,8 @@ fn markdown(
     );
     s.push_str(
         "**Method.** The end-to-end scenarios run in interleaved rounds: manager, baseline, \
-         manager, baseline, ... (a fresh connection pair per run), so drift or a noise episode on \
+         manager, baseline, ... (a fresh connection pair per run; every other round runs its \
+         jobs in reverse order, so neither side always goes first), so drift or a noise episode on \
          the shared machine falls on both sides of a pair instead of making a ratio. Each figure \
          and each baseline is the **median** of its runs, and the ratio is the ratio of the two \
          medians. The **spread** column gives the lowest and highest ratio of the individual \
