@@ -962,9 +962,9 @@ const FIRST: [u8; 128] = [0x42; 128];
 
 /// Fresh managers on both ends, the listener behind a [`DelayProxy`]: µs
 /// from the start of `connect` until the listener's application holds the
-/// first message (`connect`, then one `send`). Set-up and shutdown are not
-/// timed.
-async fn ttfm_manager() -> Result<f64, BoxError> {
+/// first message (`connect`, then one `send`), and µs until `connect`
+/// returned. Set-up and shutdown are not timed.
+async fn ttfm_manager() -> Result<(f64, f64), BoxError> {
     let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
     let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
     let mut incoming = b.incoming().ok_or("incoming taken")?;
@@ -976,6 +976,7 @@ async fn ttfm_manager() -> Result<f64, BoxError> {
     });
     let start = Instant::now();
     a.connect(to).await?;
+    let connected = start.elapsed();
     a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
     let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
     if got != Some(FIRST.len()) {
@@ -984,13 +985,17 @@ async fn ttfm_manager() -> Result<f64, BoxError> {
     a.shutdown(Duration::from_millis(100)).await;
     b.shutdown(Duration::from_millis(100)).await;
     proxy.close().await;
-    Ok(end.duration_since(start).as_secs_f64() * 1e6)
+    Ok((
+        end.duration_since(start).as_secs_f64() * 1e6,
+        connected.as_secs_f64() * 1e6,
+    ))
 }
 
 /// The same over raw quinn through the same kind of proxy: µs from the
 /// start of `connect` until the server read the bytes (connect, open a uni
-/// stream, `write_all`; the server accepts the stream and reads them).
-async fn ttfm_raw() -> Result<f64, BoxError> {
+/// stream, `write_all`; the server accepts the stream and reads them), and
+/// µs until the client's `connect` returned.
+async fn ttfm_raw() -> Result<(f64, f64), BoxError> {
     let server = raw_server(0, 1)?;
     let client = raw_client(0, 0)?;
     let proxy = DelayProxy::start(server.local_addr()?, ONE_WAY).await?;
@@ -1003,6 +1008,7 @@ async fn ttfm_raw() -> Result<f64, BoxError> {
     });
     let start = Instant::now();
     let c = client.connect(proxy.addr(), "raw")?.await?;
+    let connected = start.elapsed();
     let mut tx = c.open_uni().await?;
     tx.write_all(&FIRST).await?;
     let (end, sc, server) = tokio::time::timeout(Duration::from_secs(10), receiver).await???;
@@ -1010,7 +1016,10 @@ async fn ttfm_raw() -> Result<f64, BoxError> {
     sc.close(0u32.into(), b"done");
     drop((tx, server, client));
     proxy.close().await;
-    Ok(end.duration_since(start).as_secs_f64() * 1e6)
+    Ok((
+        end.duration_since(start).as_secs_f64() * 1e6,
+        connected.as_secs_f64() * 1e6,
+    ))
 }
 
 /// Time to the first delivered message on a new connection over 20 ms RTT:
@@ -1026,6 +1035,8 @@ async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
             mgr.push(ttfm_manager().await?);
         }
     }
+    let (mgr, mgr_connect): (Vec<f64>, Vec<f64>) = mgr.into_iter().unzip();
+    let (raw, raw_connect): (Vec<f64>, Vec<f64>) = raw.into_iter().unzip();
     out.result(&Row {
         id: "ttfm_rtt20",
         scenario: "first message, 20 ms RTT",
@@ -1036,6 +1047,18 @@ async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         baseline_values: &raw,
         paired: true,
         note: "a new connection each round, through a user-space UDP delay proxy on 127.0.0.1 (10 ms each way, benches/src/delay_proxy.rs); 128-B message; ratio = manager / baseline (lower is better)",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "ttfm_connect",
+        scenario: "first message, 20 ms RTT",
+        figure: "of which: manager connect returned",
+        unit: "µs",
+        baseline: "of which: raw quinn connect returned",
+        values: &mgr_connect,
+        baseline_values: &raw_connect,
+        paired: true,
+        note: "diagnostic, same runs: the share of the time to the first message spent before connect returned; the rest is the first send to the listener's application",
         ..Row::default()
     });
     Ok(())
