@@ -37,6 +37,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let root = project_root();
     let criterion_dir = target_dir().join("criterion");
+    // Build every bench binary first, in one cargo invocation (they compile
+    // in parallel, and no suite's measurement starts right after a link).
+    run_cmd(cargo().args(["bench", "-p", "qudag-benches", "--benches", "--no-run"]))?;
     let mut all = Vec::new();
     for suite in MICRO {
         let runs = if quick { 1 } else { runs_of(suite) };
