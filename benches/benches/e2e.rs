@@ -1,14 +1,25 @@
 //! End-to-end scenarios over QUIC on 127.0.0.1, each beside its raw-quinn
-//! baseline measured in the same run (issue 10).
+//! baseline measured in the same run (issues 10 and 17).
 //!
 //! A custom `main` (`harness = false`): the scenarios do not fit criterion's
-//! iteration model. Each measurement runs over a bounded count, is repeated
-//! (the median is kept), and is written as one flat JSON object per line to
-//! `target/qudag-bench/e2e.jsonl` (or `--out PATH`), which `cargo xtask
-//! bench` turns into `docs/BENCHMARKS.md` and the plots. Nothing here asserts
-//! a time.
+//! iteration model. Each measurement runs over a bounded count and is
+//! repeated in interleaved rounds (manager, baseline, baseline, manager,
+//! ...: every other round in reverse order), so that drift or a noise episode on a shared machine falls on both
+//! sides of a pair. Every sample is written, as one JSON object per line, to
+//! `target/qudag-bench/e2e.jsonl` (or `--out PATH`); `cargo xtask bench`
+//! computes the medians, the spread of the pairs, the ratios and the goals
+//! (`xtask/src/report.rs`) and writes `docs/BENCHMARKS.md` and the plots.
+//! Nothing here asserts a time.
 //!
-//! Run: `cargo bench -p qudag-benches --bench e2e -- [--quick] [--out PATH]`.
+//! Scenarios (`--only NAME` runs one): `throughput` (64 B to 64 KiB; the
+//! 64 KiB rounds also measure the default sealer's rate, for the goal's
+//! ceiling), `connect`, `first_message` (a new connection's first message
+//! over a 20 ms RTT delay proxy), `latency`, `memory`.
+//!
+//! Run: `cargo bench -p qudag-benches --bench e2e -- [--quick] [--only NAME] [--out PATH]`.
+//! For a profile of the manager's side alone (5 full-size runs, no
+//! baseline, no output file): `-- --profile-send SIZE [PER_CALL]` under
+//! `perf record`.
 //!
 //! Memory is counted by a `GlobalAlloc` wrapper (live heap bytes) and by RSS,
 //! each measurement in a fresh process (this binary, `--measure ...`); the
@@ -24,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use qudag_benches::delay_proxy::DelayProxy;
 use qudag_benches::{quic_manager, raw_client, raw_server, BoxError};
 use qudag_net::{
     FlushPolicy, Identity, ManagerConfig, PeerAddr, PeerId, QuicConfig, QuicTransport, Transport,
@@ -102,6 +114,15 @@ struct Plan {
     latency_run: Duration,
     loads: &'static [u64],
     rtt_pings: usize,
+    /// Interleaved (manager, baseline) rounds of the goal scenarios.
+    pairs: usize,
+    /// 64-KiB seals per round of the sealer's rate.
+    sealer_iters: usize,
+    /// Interleaved rounds of the time-to-first-message scenario.
+    ttfm_pairs: usize,
+    /// Interleaved (raw, manager) measurements of the idle-connection memory
+    /// (`mem_conns` each; the `many_conns` measurement runs once per side).
+    mem_pairs: usize,
     mem_conns: usize,
     many_conns: usize,
 }
@@ -118,6 +139,10 @@ impl Plan {
                 latency_run: Duration::from_millis(400),
                 loads: &[1000, 5000],
                 rtt_pings: 200,
+                pairs: 2,
+                sealer_iters: 100,
+                ttfm_pairs: 3,
+                mem_pairs: 2,
                 mem_conns: 100,
                 many_conns: 200,
             }
@@ -131,6 +156,10 @@ impl Plan {
                 latency_run: Duration::from_secs(2),
                 loads: &[100, 1000, 5000, 20_000],
                 rtt_pings: 2000,
+                pairs: 7,
+                sealer_iters: 2000,
+                ttfm_pairs: 15,
+                mem_pairs: 3,
                 mem_conns: 1000,
                 many_conns: 10_000,
             }
@@ -142,7 +171,7 @@ impl Plan {
     }
 }
 
-/// One JSON line, flat: string and number fields only.
+/// One JSON line, flat: string, number and number-array fields only.
 #[derive(Default)]
 struct Line(String);
 
@@ -172,11 +201,47 @@ impl Line {
         }
         self
     }
+    fn arr(&mut self, k: &str, v: &[f64]) -> &mut Self {
+        self.sep();
+        let _ = write!(self.0, "\"{k}\":[");
+        for (i, x) in v.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            if x.is_finite() {
+                let _ = write!(self.0, "{x}");
+            } else {
+                self.0.push_str("null");
+            }
+        }
+        self.0.push(']');
+        self
+    }
     fn done(&mut self) -> String {
         let mut s = std::mem::take(&mut self.0);
         s.push('}');
         s
     }
+}
+
+/// One row of the report: a figure's samples beside its baseline's.
+#[derive(Default)]
+struct Row<'a> {
+    /// Stable key the report's goals refer to.
+    id: &'a str,
+    scenario: &'a str,
+    figure: &'a str,
+    unit: &'a str,
+    baseline: &'a str,
+    values: &'a [f64],
+    baseline_values: &'a [f64],
+    /// `values[i]` and `baseline_values[i]` were measured back to back.
+    paired: bool,
+    /// The ratio is baseline / figure (times faster) instead of figure / baseline.
+    inverted: bool,
+    /// More sample arrays (e.g. `sealer_values`), by field name.
+    extra: &'a [(&'a str, &'a [f64])],
+    note: &'a str,
 }
 
 /// Where the lines go: the file and stdout.
@@ -192,44 +257,40 @@ impl Out {
         let _ = self.file.flush();
     }
 
-    /// A figure beside its baseline. `ratio` is figure / baseline unless the
-    /// goal says otherwise; `goal` is `(">=" | "<=", bound)` on `ratio`.
-    #[allow(clippy::too_many_arguments)]
-    fn result(
-        &mut self,
-        scenario: &str,
-        figure: &str,
-        value: f64,
-        unit: &str,
-        baseline: &str,
-        baseline_value: f64,
-        ratio: f64,
-        goal: Option<(&str, f64)>,
-        note: &str,
-    ) {
+    /// A figure beside its baseline: every sample of each, so that the
+    /// report computes the medians, the spread and the ratio, and judges the
+    /// goal (xtask/src/report.rs, keyed by `row.id`).
+    fn result(&mut self, row: &Row<'_>) {
         let mut l = Line::new("result");
-        l.s("scenario", scenario)
-            .s("figure", figure)
-            .n("value", value)
-            .s("unit", unit)
-            .s("baseline", baseline)
-            .n("baseline_value", baseline_value)
-            .n("ratio", ratio);
-        match goal {
-            Some((op, bound)) => {
-                let met = if op == ">=" {
-                    ratio >= bound
+        l.s("id", row.id)
+            .s("scenario", row.scenario)
+            .s("figure", row.figure)
+            .s("unit", row.unit)
+            .s("baseline", row.baseline)
+            .arr("values", row.values)
+            .arr("baseline_values", row.baseline_values)
+            .s("paired", if row.paired { "yes" } else { "no" })
+            .s(
+                "ratio_of",
+                if row.inverted {
+                    "baseline/figure"
                 } else {
-                    ratio <= bound
-                };
-                l.s("goal", &format!("{op} {bound}"))
-                    .s("met", if met { "yes" } else { "no" });
-            }
-            None => {
-                l.s("goal", "").s("met", "n/a");
-            }
+                    "figure/baseline"
+                },
+            );
+        for (k, v) in row.extra {
+            l.arr(k, v);
         }
-        l.s("note", note);
+        l.s("note", row.note);
+        eprintln!(
+            "e2e: {}: median {:.4} {} against {:.4} ({} and {} samples)",
+            row.id,
+            median(row.values.to_vec()),
+            row.unit,
+            median(row.baseline_values.to_vec()),
+            row.values.len(),
+            row.baseline_values.len()
+        );
         self.emit(l);
     }
 
@@ -246,12 +307,13 @@ impl Out {
     }
 }
 
+/// The median (the mean of the two middle samples for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -435,116 +497,162 @@ async fn raw_uni_throughput(size: usize, count: usize) -> Result<f64, BoxError> 
     Ok(count as f64 / end.duration_since(start).as_secs_f64())
 }
 
-async fn repeat<F, Fut>(n: usize, mut f: F) -> Result<f64, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<f64, BoxError>>,
-{
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        v.push(f().await?);
+/// The default sealer (ring's ChaCha20-Poly1305) sealing `iters` 64-KiB
+/// buffers in a row on this thread: MB/s of plaintext. The figure the 64 KiB
+/// goal's ceiling is computed from, measured in the same process and run.
+fn sealer_rate(iters: usize) -> Result<f64, BoxError> {
+    let mut sealer = qudag_crypto::default_sealer(qudag_crypto::SessionKey::from_bytes([7; 32]));
+    let mut buf = vec![0x5Au8; 65536];
+    // One warm-up seal, then the timed ones.
+    let seq = sealer.next_seal_seq();
+    std::hint::black_box(sealer.seal_in_place(seq, b"aad", &mut buf)?);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let seq = sealer.next_seal_seq();
+        std::hint::black_box(sealer.seal_in_place(seq, b"aad", std::hint::black_box(&mut buf))?);
     }
-    Ok(median(v))
+    Ok(iters as f64 * 65536.0 / start.elapsed().as_secs_f64() / 1e6)
 }
 
+/// One run of a throughput round.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// The manager, `send` per message.
+    Send,
+    /// Raw quinn, `write_all` per message on one stream.
+    Raw,
+    /// The manager, `send_many` with 64 messages per call.
+    Many,
+    /// Raw quinn, a uni stream per message.
+    Uni,
+    /// The default sealer's rate at 64 KiB.
+    Sealer,
+}
+
+/// The message sizes of the throughput plot; 128 B and 64 KiB also carry goals.
+const SIZES: [usize; 6] = [64, 128, 1024, 4096, 16384, 65536];
+
+/// Every size is measured in interleaved rounds (manager, then raw quinn,
+/// then the extra runs of that size; every other round in reverse order),
+/// so drift or a noise episode on a shared machine hits both sides of a pair; the report takes the median of
+/// each side and shows the spread of the per-pair ratios.
 async fn throughput(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
-    let sizes = [64usize, 128, 1024, 4096, 16384, 65536];
-    let mut at_128 = (0.0, 0.0);
-    let mut at_64k = (0.0, 0.0);
-    for size in sizes {
+    for size in SIZES {
         let count = plan.count(size);
-        let mut runs = Vec::new();
-        for _ in 0..plan.repeats {
-            runs.push(manager_throughput(size, count, 1).await?);
+        let goal_size = size == 128 || size == 65536;
+        let rounds = if goal_size { plan.pairs } else { plan.repeats };
+        let (mut mgr, mut raw, mut many, mut uni, mut sealer) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut batching = Vec::new();
+        let uni_count = (count / 4).max(200);
+        for round in 0..rounds {
+            let mut jobs = vec![Job::Send, Job::Raw];
+            if size == 128 {
+                jobs.extend([Job::Many, Job::Uni]);
+            }
+            if size == 65536 {
+                jobs.push(Job::Sealer);
+            }
+            // ABBA: every other round runs in reverse, so no side always goes first.
+            if round % 2 == 1 {
+                jobs.reverse();
+            }
+            for job in jobs {
+                match job {
+                    Job::Send => {
+                        let run = manager_throughput(size, count, 1).await?;
+                        mgr.push(run.msgs_per_sec);
+                        batching.push((run.msgs_per_sec, run.msgs_per_batch, run.bytes_per_batch));
+                    }
+                    Job::Raw => raw.push(raw_stream_throughput(size, count).await?),
+                    Job::Many => many.push(manager_throughput(size, count, 64).await?.msgs_per_sec),
+                    Job::Uni => uni.push(raw_uni_throughput(size, uni_count).await?),
+                    Job::Sealer => sealer.push(sealer_rate(plan.sealer_iters)?),
+                }
+            }
         }
-        runs.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
-        let mid = &runs[runs.len() / 2];
-        let raw = repeat(plan.repeats, || raw_stream_throughput(size, count)).await?;
         let mb = |m: f64| m * size as f64 / 1e6;
         out.point(
             "throughput",
             "qudag manager (adaptive)",
             size as f64,
-            mb(mid.msgs_per_sec),
+            mb(median(mgr.clone())),
         );
         out.point(
             "throughput",
             "raw quinn, write_all per message",
             size as f64,
-            mb(raw),
+            mb(median(raw.clone())),
         );
+        // The batching of the run whose rate is the median (or next above it).
+        batching.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, per_batch, bytes_per_batch) = batching[batching.len() / 2];
         out.info(
             &format!("batching at {size} B"),
             &format!(
-                "{:.1} messages and {:.0} wire bytes per batch ({count} messages per run)",
-                mid.msgs_per_batch, mid.bytes_per_batch
+                "{per_batch:.1} messages and {bytes_per_batch:.0} wire bytes per batch ({count} messages per run)"
             ),
         );
         if size == 128 {
-            at_128 = (mid.msgs_per_sec, raw);
+            out.result(&Row {
+                id: "tput_128_send",
+                scenario: "throughput 128 B",
+                figure: "manager, send (sealed + batched, adaptive)",
+                unit: "msg/s",
+                baseline: "raw quinn, write_all per message on one stream",
+                values: &mgr,
+                baseline_values: &raw,
+                paired: true,
+                note: "ratio = manager / baseline",
+                ..Row::default()
+            });
+            out.result(&Row {
+                id: "tput_128_many",
+                scenario: "throughput 128 B",
+                figure: "manager, send_many (64 per call)",
+                unit: "msg/s",
+                baseline: "raw quinn, write_all per message on one stream",
+                values: &many,
+                baseline_values: &raw,
+                paired: true,
+                note: "the same traffic through send_many (one peer lookup, clock read and queue reservation per call), run right after the pair's baseline; ratio = manager / baseline",
+                ..Row::default()
+            });
+            out.result(&Row {
+                id: "tput_128_uni",
+                scenario: "throughput 128 B",
+                figure: "manager, send (sealed + batched, adaptive)",
+                unit: "msg/s",
+                baseline: "raw quinn, one uni stream per message",
+                values: &mgr,
+                baseline_values: &uni,
+                paired: true,
+                note: &format!(
+                    "the baseline sends {uni_count} messages per run; ratio = manager / baseline"
+                ),
+                ..Row::default()
+            });
         }
         if size == 65536 {
-            at_64k = (mid.msgs_per_sec, raw);
+            let to_mb = |v: &[f64]| v.iter().map(|&m| mb(m)).collect::<Vec<f64>>();
+            out.result(&Row {
+                id: "tput_64k",
+                scenario: "throughput 64 KiB",
+                figure: "manager, send (sealed + batched, adaptive)",
+                unit: "MB/s",
+                baseline: "raw quinn, bulk on one stream",
+                values: &to_mb(&mgr),
+                baseline_values: &to_mb(&raw),
+                paired: true,
+                extra: &[("sealer_values", &sealer)],
+                note: &format!(
+                    "ratio = manager / baseline; ceiling = 1 / (1 / raw + 1 / sealer), sealer = the default sealer (ring ChaCha20-Poly1305) sealing 64-KiB buffers on one thread, {} per round, measured in each round of this run",
+                    plan.sealer_iters
+                ),
+                ..Row::default()
+            });
         }
     }
-    let (m, raw) = at_128;
-    out.result(
-        "throughput 128 B",
-        "manager, sealed + batched (adaptive)",
-        m,
-        "msg/s",
-        "raw quinn, write_all per message on one stream",
-        raw,
-        m / raw,
-        Some((">=", 1.5)),
-        "ratio = manager / baseline",
-    );
-    let mut many = Vec::new();
-    for _ in 0..plan.repeats {
-        many.push(
-            manager_throughput(128, plan.count(128), 64)
-                .await?
-                .msgs_per_sec,
-        );
-    }
-    many.sort_by(f64::total_cmp);
-    let many = many[many.len() / 2];
-    out.result(
-        "throughput 128 B",
-        "manager, send_many (64 per call)",
-        many,
-        "msg/s",
-        "raw quinn, write_all per message on one stream",
-        raw,
-        many / raw,
-        None,
-        "diagnostic: the same traffic through send_many (one peer lookup, clock read and queue reservation per call); ratio = manager / baseline",
-    );
-    let uni_count = (plan.count(128) / 4).max(200);
-    let uni = repeat(plan.repeats, || raw_uni_throughput(128, uni_count)).await?;
-    out.result(
-        "throughput 128 B",
-        "manager, sealed + batched (adaptive)",
-        m,
-        "msg/s",
-        "raw quinn, one uni stream per message",
-        uni,
-        m / uni,
-        Some((">=", 10.0)),
-        "ratio = manager / baseline",
-    );
-    let (m, raw) = at_64k;
-    out.result(
-        "throughput 64 KiB",
-        "manager, sealed + batched (adaptive)",
-        m * 65536.0 / 1e6,
-        "MB/s",
-        "raw quinn, bulk on one stream",
-        raw * 65536.0 / 1e6,
-        m / raw,
-        Some((">=", 0.8)),
-        "ratio = manager / baseline",
-    );
     Ok(())
 }
 
@@ -663,53 +771,55 @@ async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         task.abort();
     }
     drop((conns, dialed));
-    let (raw_ack, dial) = (median(raw_ack), median(dials));
-
-    let (new, reuse, raw) = (median(new), median(reuse), median(raw));
-    out.result(
-        "connect",
-        "raw quinn handshake + acceptance byte",
-        raw_ack,
-        "µs",
-        "raw quinn handshake (mutual TLS 1.3)",
-        raw,
-        raw_ack / raw,
-        None,
-        "diagnostic: what waiting for a byte the listener sends after its side of the handshake costs by itself",
-    );
-    out.result(
-        "connect",
-        "qudag transport dial alone (no manager)",
-        dial,
-        "µs",
-        "raw quinn handshake (mutual TLS 1.3)",
-        raw,
-        dial / raw,
-        None,
-        "diagnostic: the transport's share of the manager's connect (handshake, PeerId check, acceptance byte); the rest is the manager's session set-up",
-    );
-    out.result(
-        "connect",
-        "manager connect, new connection",
-        new,
-        "µs",
-        "raw quinn handshake (mutual TLS 1.3)",
-        raw,
-        new / raw,
-        Some(("<=", 1.3)),
-        "ratio = manager / baseline (lower is better); the manager also waits for the listener's acceptance byte and opens the batch stream",
-    );
-    out.result(
-        "connect",
-        "manager connect, pooled reuse",
-        reuse,
-        "µs",
-        "manager connect, new connection",
-        new,
-        new / reuse,
-        Some((">=", 100.0)),
-        "ratio = new / reuse (times faster)",
-    );
+    let base = "raw quinn handshake (mutual TLS 1.3)";
+    out.result(&Row {
+        id: "connect_raw_ack",
+        scenario: "connect",
+        figure: "raw quinn handshake + acceptance byte",
+        unit: "µs",
+        baseline: base,
+        values: &raw_ack,
+        baseline_values: &raw,
+        paired: true,
+        note: "diagnostic: what waiting for a byte the listener sends after its side of the handshake costs by itself",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "connect_dial",
+        scenario: "connect",
+        figure: "qudag transport dial alone (no manager)",
+        unit: "µs",
+        baseline: base,
+        values: &dials,
+        baseline_values: &raw,
+        paired: true,
+        note: "diagnostic: the transport's share of the manager's connect (handshake, PeerId check, acceptance byte); the rest is the manager's session set-up",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "connect_new",
+        scenario: "connect",
+        figure: "manager connect, new connection",
+        unit: "µs",
+        baseline: base,
+        values: &new,
+        baseline_values: &raw,
+        paired: true,
+        note: "ratio = manager / baseline (lower is better); the manager also waits for the listener's acceptance byte and opens the batch stream",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "connect_reuse",
+        scenario: "connect",
+        figure: "manager connect, pooled reuse",
+        unit: "µs",
+        baseline: "manager connect, new connection",
+        values: &reuse,
+        baseline_values: &new,
+        inverted: true,
+        note: "ratio = new / reuse (times faster)",
+        ..Row::default()
+    });
     Ok(())
 }
 
@@ -793,11 +903,11 @@ async fn latency(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
                 p50s.push(p50);
                 p99s.push(p99);
             }
-            let (p50, p99) = (median(p50s), median(p99s));
+            let (p50, p99) = (median(p50s.clone()), median(p99s.clone()));
             out.point("latency", &format!("{name} p50"), rate as f64, p50 / 1000.0);
             out.point("latency", &format!("{name} p99"), rate as f64, p99 / 1000.0);
             if rate == 1000 {
-                at_1000.push((name, p50, p99));
+                at_1000.push((name, p50s, p99s));
             }
         }
     }
@@ -813,31 +923,144 @@ async fn latency(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         *plan.loads.last().unwrap_or(&1000) as f64,
         rtt50 / 1000.0,
     );
-    for (name, p50, p99) in at_1000 {
-        let goal = (name == "adaptive").then_some(("<=", 3.0));
-        out.result(
-            "latency at 1,000 msg/s",
-            &format!("send→ack p50, {name}"),
-            p50,
-            "µs",
-            "raw quinn ping-pong RTT p50",
-            rtt50,
-            p50 / rtt50,
-            goal,
-            "ratio = manager / baseline (lower is better)",
-        );
-        out.result(
-            "latency at 1,000 msg/s",
-            &format!("send→ack p99, {name}"),
-            p99,
-            "µs",
-            "raw quinn ping-pong RTT p99",
-            rtt99,
-            p99 / rtt99,
-            None,
-            "ratio = manager / baseline (lower is better)",
-        );
+    for (name, p50s, p99s) in at_1000 {
+        let id50 = format!("latency_p50_{name}");
+        let id99 = format!("latency_p99_{name}");
+        out.result(&Row {
+            id: &id50,
+            scenario: "latency at 1,000 msg/s",
+            figure: &format!("send→ack p50, {name}"),
+            unit: "µs",
+            baseline: "raw quinn ping-pong RTT p50",
+            values: &p50s,
+            baseline_values: &[rtt50],
+            note: "ratio = manager / baseline (lower is better)",
+            ..Row::default()
+        });
+        out.result(&Row {
+            id: &id99,
+            scenario: "latency at 1,000 msg/s",
+            figure: &format!("send→ack p99, {name}"),
+            unit: "µs",
+            baseline: "raw quinn ping-pong RTT p99",
+            values: &p99s,
+            baseline_values: &[rtt99],
+            note: "ratio = manager / baseline (lower is better)",
+            ..Row::default()
+        });
     }
+    Ok(())
+}
+
+// ------------------------------------------------- first message over a delay
+
+/// One way of the delayed link: 20 ms RTT.
+const ONE_WAY: Duration = Duration::from_millis(10);
+
+/// The first message's payload.
+const FIRST: [u8; 128] = [0x42; 128];
+
+/// Fresh managers on both ends, the listener behind a [`DelayProxy`]: µs
+/// from the start of `connect` until the listener's application holds the
+/// first message (`connect`, then one `send`), and µs until `connect`
+/// returned. Set-up and shutdown are not timed.
+async fn ttfm_manager() -> Result<(f64, f64), BoxError> {
+    let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
+    let to = PeerAddr::new(b_addr.peer, proxy.addr());
+    let receiver = tokio::spawn(async move {
+        let got = incoming.recv().await;
+        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
+    });
+    let start = Instant::now();
+    a.connect(to).await?;
+    let connected = start.elapsed();
+    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
+    let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
+    if got != Some(FIRST.len()) {
+        return Err(format!("the listener got {got:?} instead of the first message").into());
+    }
+    a.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_millis(100)).await;
+    proxy.close().await;
+    Ok((
+        end.duration_since(start).as_secs_f64() * 1e6,
+        connected.as_secs_f64() * 1e6,
+    ))
+}
+
+/// The same over raw quinn through the same kind of proxy: µs from the
+/// start of `connect` until the server read the bytes (connect, open a uni
+/// stream, `write_all`; the server accepts the stream and reads them), and
+/// µs until the client's `connect` returned.
+async fn ttfm_raw() -> Result<(f64, f64), BoxError> {
+    let server = raw_server(0, 1)?;
+    let client = raw_client(0, 0)?;
+    let proxy = DelayProxy::start(server.local_addr()?, ONE_WAY).await?;
+    let receiver = tokio::spawn(async move {
+        let c = server.accept().await.ok_or("server closed")?.await?;
+        let mut rx = c.accept_uni().await?;
+        let mut buf = [0u8; FIRST.len()];
+        rx.read_exact(&mut buf).await?;
+        Ok::<_, BoxError>((Instant::now(), c, server))
+    });
+    let start = Instant::now();
+    let c = client.connect(proxy.addr(), "raw")?.await?;
+    let connected = start.elapsed();
+    let mut tx = c.open_uni().await?;
+    tx.write_all(&FIRST).await?;
+    let (end, sc, server) = tokio::time::timeout(Duration::from_secs(10), receiver).await???;
+    c.close(0u32.into(), b"done");
+    sc.close(0u32.into(), b"done");
+    drop((tx, server, client));
+    proxy.close().await;
+    Ok((
+        end.duration_since(start).as_secs_f64() * 1e6,
+        connected.as_secs_f64() * 1e6,
+    ))
+}
+
+/// Time to the first delivered message on a new connection over 20 ms RTT:
+/// manager and raw quinn in interleaved rounds.
+async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
+    let (mut mgr, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..plan.ttfm_pairs {
+        if round % 2 == 0 {
+            mgr.push(ttfm_manager().await?);
+            raw.push(ttfm_raw().await?);
+        } else {
+            raw.push(ttfm_raw().await?);
+            mgr.push(ttfm_manager().await?);
+        }
+    }
+    let (mgr, mgr_connect): (Vec<f64>, Vec<f64>) = mgr.into_iter().unzip();
+    let (raw, raw_connect): (Vec<f64>, Vec<f64>) = raw.into_iter().unzip();
+    out.result(&Row {
+        id: "ttfm_rtt20",
+        scenario: "first message, 20 ms RTT",
+        figure: "manager: connect, send, listener's application receives",
+        unit: "µs",
+        baseline: "raw quinn: connect, open stream, write_all, peer reads",
+        values: &mgr,
+        baseline_values: &raw,
+        paired: true,
+        note: "a new connection each round, through a user-space UDP delay proxy on 127.0.0.1 (10 ms each way, benches/src/delay_proxy.rs); 128-B message; ratio = manager / baseline (lower is better)",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "ttfm_connect",
+        scenario: "first message, 20 ms RTT",
+        figure: "of which: manager connect returned",
+        unit: "µs",
+        baseline: "of which: raw quinn connect returned",
+        values: &mgr_connect,
+        baseline_values: &raw_connect,
+        paired: true,
+        note: "diagnostic, same runs: the share of the time to the first message spent before connect returned; the rest is the first send to the listener's application",
+        ..Row::default()
+    });
     Ok(())
 }
 
@@ -1055,72 +1278,100 @@ async fn raw_memory(n: usize, limit: Duration) -> Result<MemRun, BoxError> {
 async fn memory(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     let limit = Duration::from_secs(if plan.quick { 60 } else { 240 });
     let n = plan.mem_conns;
-    let raw = measure_in_process("raw", n, limit).await?;
-    let mgr = measure_in_process("manager", n, limit).await?;
-    out.result(
-        "memory per idle connection",
-        &format!(
+    // Interleaved pairs, each measurement in a fresh process; the labels
+    // and the accounted figure come from the last pair.
+    let (mut raws, mut mgrs) = (Vec::new(), Vec::new());
+    for round in 0..plan.mem_pairs {
+        for kind in if round % 2 == 0 {
+            ["raw", "manager"]
+        } else {
+            ["manager", "raw"]
+        } {
+            let run = measure_in_process(kind, n, limit).await?;
+            if kind == "raw" {
+                raws.push(run);
+            } else {
+                mgrs.push(run);
+            }
+        }
+    }
+    let (raw, mgr) = (
+        raws.last().ok_or("no memory pairs")?,
+        mgrs.last().ok_or("no memory pairs")?,
+    );
+    let heap = |v: &[MemRun]| v.iter().map(|r| r.heap_per_conn).collect::<Vec<f64>>();
+    let rss = |v: &[MemRun]| v.iter().map(|r| r.rss_per_conn).collect::<Vec<f64>>();
+    out.result(&Row {
+        id: "mem_idle_heap",
+        scenario: "memory per idle connection",
+        figure: &format!(
             "manager, pooled idle connection (heap, {} held, {} pooled)",
             mgr.held, mgr.pooled
         ),
-        mgr.heap_per_conn,
-        "B",
-        &format!(
+        unit: "B",
+        baseline: &format!(
             "raw quinn connection + one open bidi stream (heap, {} held)",
             raw.held
         ),
-        raw.heap_per_conn,
-        mgr.heap_per_conn / raw.heap_per_conn,
-        Some(("<=", 1.2)),
-        &format!(
-            "live heap bytes counted at the allocator, listener side only, each side measured in a fresh process; of the manager's figure, {:.1} KiB per connection are buffers it accounts in its memory gauge; ratio = manager / baseline",
+        values: &heap(&mgrs),
+        baseline_values: &heap(&raws),
+        paired: true,
+        note: &format!(
+            "live heap bytes counted at the allocator, listener side only, each measurement in a fresh process, raw and manager interleaved; of the manager's figure, {:.1} KiB per connection are buffers it accounts in its memory gauge; ratio = manager / baseline",
             mgr.accounted_per_conn / 1024.0
         ),
-    );
-    out.result(
-        "memory per idle connection",
-        "manager, pooled idle connection (RSS)",
-        mgr.rss_per_conn,
-        "B",
-        "raw quinn connection + one open bidi stream (RSS)",
-        raw.rss_per_conn,
-        mgr.rss_per_conn / raw.rss_per_conn,
-        None,
-        "RSS delta of the listener process (fresh process per measurement); coarse: pages, not bytes, and untouched allocations do not count",
-    );
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "mem_idle_rss",
+        scenario: "memory per idle connection",
+        figure: "manager, pooled idle connection (RSS)",
+        unit: "B",
+        baseline: "raw quinn connection + one open bidi stream (RSS)",
+        values: &rss(&mgrs),
+        baseline_values: &rss(&raws),
+        paired: true,
+        note: "RSS delta of the listener process (fresh process per measurement); coarse: pages, not bytes, and untouched allocations do not count",
+        ..Row::default()
+    });
     let many = measure_in_process("manager", plan.many_conns, limit).await?;
     let many_raw = measure_in_process("raw", plan.many_conns, limit).await?;
-    out.result(
-        "concurrent connections",
-        &format!(
+    out.result(&Row {
+        id: "many_setup",
+        scenario: "concurrent connections",
+        figure: &format!(
             "manager holding {} connections: set-up ({} held, {} pooled)",
             plan.many_conns, many.held, many.pooled
         ),
-        many.setup_secs,
-        "s",
-        &format!("raw quinn, same count ({} held)", many_raw.held),
-        many_raw.setup_secs,
-        many.setup_secs / many_raw.setup_secs,
-        None,
-        "dials from a child process, 32 at a time, one endpoint and certificate per dialer on both sides; ratio = manager / baseline",
-    );
-    out.result(
-        "concurrent connections",
-        &format!("manager holding {} connections: heap per connection", plan.many_conns),
-        many.heap_per_conn,
-        "B",
-        "raw quinn, same count",
-        many_raw.heap_per_conn,
-        many.heap_per_conn / many_raw.heap_per_conn,
-        None,
-        &format!(
-            "listener heap {:.1} MiB total (raw quinn {:.1} MiB); RSS per connection {:.1} KiB (raw quinn {:.1} KiB)",
+        unit: "s",
+        baseline: &format!("raw quinn, same count ({} held)", many_raw.held),
+        values: &[many.setup_secs],
+        baseline_values: &[many_raw.setup_secs],
+        paired: true,
+        note: "dials from a child process, 32 at a time, one endpoint and certificate per dialer on both sides; ratio = manager / baseline",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "mem_many_heap",
+        scenario: "concurrent connections",
+        figure: &format!(
+            "manager holding {} connections: heap per connection",
+            plan.many_conns
+        ),
+        unit: "B",
+        baseline: &format!("raw quinn, same count ({} held)", many_raw.held),
+        values: &[many.heap_per_conn],
+        baseline_values: &[many_raw.heap_per_conn],
+        paired: true,
+        note: &format!(
+            "listener heap {:.1} MiB total (raw quinn {:.1} MiB); RSS per connection {:.1} KiB (raw quinn {:.1} KiB); ratio = manager / baseline",
             many.heap_total / (1 << 20) as f64,
             many_raw.heap_total / (1 << 20) as f64,
             many.rss_per_conn / 1024.0,
             many_raw.rss_per_conn / 1024.0
         ),
-    );
+        ..Row::default()
+    });
     Ok(())
 }
 
@@ -1211,6 +1462,26 @@ fn main() -> Result<(), BoxError> {
             .build()?;
         return rt.block_on(child(&rest));
     }
+    if let Some(i) = args.iter().position(|a| a == "--profile-send") {
+        // Only the manager's side of one throughput size, for `perf record`.
+        let size: usize = args
+            .get(i + 1)
+            .ok_or("--profile-send SIZE [PER_CALL]")?
+            .parse()?;
+        let per_call: usize = args.get(i + 2).and_then(|a| a.parse().ok()).unwrap_or(1);
+        let plan = Plan::new(false);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(async {
+            for _ in 0..plan.repeats {
+                let run = manager_throughput(size, plan.count(size), per_call).await?;
+                eprintln!("e2e: {size} B x {per_call}: {:.0} msg/s", run.msgs_per_sec);
+            }
+            Ok(())
+        });
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let out_path = args
         .iter()
@@ -1247,6 +1518,10 @@ fn main() -> Result<(), BoxError> {
         if wants("connect") {
             connect(&plan, &mut out).await?;
             eprintln!("e2e: connect done at {:?}", t.elapsed());
+        }
+        if wants("first_message") {
+            first_message(&plan, &mut out).await?;
+            eprintln!("e2e: first_message done at {:?}", t.elapsed());
         }
         if wants("latency") {
             latency(&plan, &mut out).await?;

@@ -13,7 +13,8 @@
 //! `benches/benches/e2e.rs`, the micro benches beside it.
 //!
 //! Key items: [`raw_server`], [`raw_client`], [`baseline_transport_config`],
-//! [`quic_manager`].
+//! [`quic_manager`], and [`delay_proxy::DelayProxy`] (a bounded UDP delay
+//! proxy on 127.0.0.1 for scenarios over a link with a round-trip time).
 //!
 //! # Examples
 //!
@@ -33,6 +34,8 @@
 
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
+
+pub mod delay_proxy;
 
 use std::fmt;
 use std::net::SocketAddr;
