@@ -991,6 +991,49 @@ async fn ttfm_manager() -> Result<(f64, f64), BoxError> {
     ))
 }
 
+/// A known peer on a new connection: after a first exchange, the pooled
+/// connection expires on both sides (the peers stay known); then µs from
+/// one `send` (no `connect`) until the listener's application holds the
+/// message. The send dials, and its first batch leaves behind the handshake:
+/// it waits neither for the listener's acceptance byte nor, the peer being
+/// known, for its RESUME.
+async fn ttfm_manager_known() -> Result<f64, BoxError> {
+    let mut cfg = manager_config(FlushPolicy::Adaptive);
+    cfg.pool_mut().idle_timeout(Duration::from_millis(50));
+    let (a, _) = quic_manager(cfg, QuicConfig::default())?;
+    let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
+    let to = PeerAddr::new(b_addr.peer, proxy.addr());
+    a.connect(to).await?;
+    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
+    tokio::time::timeout(Duration::from_secs(10), incoming.recv())
+        .await?
+        .ok_or("no first exchange")?;
+    a.disconnect(&b_addr.peer).await?;
+    if !wait_until(Duration::from_secs(10), || {
+        a.open_connections() == 0 && b.open_connections() == 0
+    })
+    .await
+    {
+        return Err("the pooled connection did not expire".into());
+    }
+    let receiver = tokio::spawn(async move {
+        let got = incoming.recv().await;
+        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
+    });
+    let start = Instant::now();
+    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
+    let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
+    if got != Some(FIRST.len()) {
+        return Err(format!("the listener got {got:?} instead of the message").into());
+    }
+    a.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_millis(100)).await;
+    proxy.close().await;
+    Ok(end.duration_since(start).as_secs_f64() * 1e6)
+}
+
 /// The same over raw quinn through the same kind of proxy: µs from the
 /// start of `connect` until the server read the bytes (connect, open a uni
 /// stream, `write_all`; the server accepts the stream and reads them), and
@@ -1025,12 +1068,14 @@ async fn ttfm_raw() -> Result<(f64, f64), BoxError> {
 /// Time to the first delivered message on a new connection over 20 ms RTT:
 /// manager and raw quinn in interleaved rounds.
 async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
-    let (mut mgr, mut raw) = (Vec::new(), Vec::new());
+    let (mut mgr, mut raw, mut known) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..plan.ttfm_pairs {
         if round % 2 == 0 {
             mgr.push(ttfm_manager().await?);
             raw.push(ttfm_raw().await?);
+            known.push(ttfm_manager_known().await?);
         } else {
+            known.push(ttfm_manager_known().await?);
             raw.push(ttfm_raw().await?);
             mgr.push(ttfm_manager().await?);
         }
@@ -1047,6 +1092,18 @@ async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         baseline_values: &raw,
         paired: true,
         note: "a new connection each round, through a user-space UDP delay proxy on 127.0.0.1 (10 ms each way, benches/src/delay_proxy.rs); 128-B message; ratio = manager / baseline (lower is better)",
+        ..Row::default()
+    });
+    out.result(&Row {
+        id: "ttfm_known",
+        scenario: "first message, 20 ms RTT",
+        figure: "manager: send to a known peer, new connection (no connect)",
+        unit: "µs",
+        baseline: "raw quinn: connect, open stream, write_all, peer reads",
+        values: &known,
+        baseline_values: &raw,
+        paired: true,
+        note: "diagnostic, same rounds: the peer was met before and its pooled connection expired; the send dials and its batch leaves behind the handshake (no acceptance wait, no RESUME wait); ratio = manager / baseline (lower is better)",
         ..Row::default()
     });
     out.result(&Row {
