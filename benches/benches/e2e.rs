@@ -994,9 +994,8 @@ async fn ttfm_manager() -> Result<(f64, f64), BoxError> {
 /// A known peer on a new connection: after a first exchange, the pooled
 /// connection expires on both sides (the peers stay known); then µs from
 /// one `send` (no `connect`) until the listener's application holds the
-/// message. The send dials, and its first batch leaves behind the handshake:
-/// it waits neither for the listener's acceptance byte nor, the peer being
-/// known, for its RESUME.
+/// message. The send dials without waiting for the listener's acceptance
+/// byte; its first batch waits for the peer's RESUME on the new connection.
 async fn ttfm_manager_known() -> Result<f64, BoxError> {
     let mut cfg = manager_config(FlushPolicy::Adaptive);
     cfg.pool_mut().idle_timeout(Duration::from_millis(50));
@@ -1103,7 +1102,7 @@ async fn first_message(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         values: &known,
         baseline_values: &raw,
         paired: true,
-        note: "diagnostic, same rounds: the peer was met before and its pooled connection expired; the send dials and its batch leaves behind the handshake (no acceptance wait, no RESUME wait); ratio = manager / baseline (lower is better)",
+        note: "diagnostic, same rounds: the peer was met before and its pooled connection expired; the send dials without waiting for the acceptance byte, and its batch waits for the peer's RESUME; ratio = manager / baseline (lower is better)",
         ..Row::default()
     });
     out.result(&Row {

@@ -167,13 +167,17 @@ impl<M> Outbox<M> {
         self.stale = self.window.len();
     }
 
-    /// Whether a new batch may be written now: there is a connection, nothing
-    /// older waits to be resent on it, and the peer's incarnation is known
-    /// (from this connection's RESUME or an earlier one). So after the first
-    /// connection to a peer, a new connection's first batch does not wait a
-    /// round trip for the peer's RESUME.
+    /// Whether a new batch may be written now: there is a connection, the
+    /// peer's RESUME arrived on it, and nothing older waits to be resent.
+    ///
+    /// Not before that RESUME, even to a peer met before: the peer may have
+    /// restarted since, and batches written "blind" would reach its new
+    /// incarnation while this side still counts them as written to the old
+    /// one. Found by the 32-node testnet: such a batch, lost with a replaced
+    /// connection, came back as `PeerRestarted` while the next one was
+    /// delivered to the new incarnation after a hole.
     pub fn may_send_new(&self) -> bool {
-        self.live && self.stale == 0 && (self.synced || self.peer.is_some())
+        self.live && self.synced && self.stale == 0
     }
 
     /// Whether the peer's RESUME arrived on the current connection.
