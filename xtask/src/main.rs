@@ -8,6 +8,10 @@
 //! - `cargo xtask ci`: the steps of `.ci/run` without the fuzz smoke: format
 //!   check, clippy with warnings as errors, tests, rustdoc with warnings as
 //!   errors.
+//! - `cargo xtask testnet [--nodes N] [--scenario S] [--seconds S] ...`:
+//!   runs N `qudag-node run` processes on 127.0.1.x with churn and a
+//!   partition, balances the network-wide books and writes
+//!   `docs/TESTNET.md` with SVG plots (`testnet.rs`; `--help` for options).
 //! - `cargo xtask fuzz [--seconds N]`: runs every cargo-fuzz target in
 //!   `fuzz/` for N seconds (default 15) if `cargo +nightly fuzz` is
 //!   available, and says why it skips otherwise.
@@ -23,8 +27,10 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod report;
 mod svg;
+mod testnet;
 
-const USAGE: &str = "usage: cargo xtask <bench [--quick] | ci | fuzz [--seconds N]>";
+const USAGE: &str =
+    "usage: cargo xtask <bench [--quick] | ci | fuzz [--seconds N] | testnet [--help]>";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +46,7 @@ fn main() -> Result<()> {
             bench::run(quick)
         }
         Some("ci") => ci(),
+        Some("testnet") => testnet::run(&args[1..]),
         Some("fuzz") => {
             let seconds = match args.get(1).map(String::as_str) {
                 None => 15,
