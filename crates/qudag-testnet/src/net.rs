@@ -184,7 +184,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
         .with_context(|| format!("cannot create {}", setup.dir.display()))?;
     let say = |s: String| {
         if setup.verbose {
-            eprintln!("testnet: {s}");
+            eprintln!("testnet [{:6.1} s]: {s}", wall.elapsed().as_secs_f64());
         }
     };
     // Keys (one per node, kept across restarts) and PeerIds.
@@ -404,6 +404,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
                 .all(|r| r.as_ref().is_some_and(|r| r.books.figures.outstanding == 0));
             reads.push((since(t0), round));
             if drained {
+                say("drained: nothing in flight anywhere".into());
                 break;
             }
             if Instant::now() >= until {
@@ -443,6 +444,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
                 books,
             });
         }
+        say("every node stopped".into());
         Ok(())
     })();
     // Stop everything, whatever happened; then look for leftovers.
