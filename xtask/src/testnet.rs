@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use qudag_testnet::net::{temp_dir, Report};
+use qudag_testnet::net::Report;
 use qudag_testnet::{Options, Scenario, Setup, Topology};
 
 use crate::svg::{LineChart, Series};
@@ -143,9 +143,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     on_interrupt(interrupted.clone())?;
+    // Keys, configs, logs and the final summaries (summaries.jsonl) stay here after the run.
+    let dir = target.join("qudag-testnet");
+    qudag_testnet::net::remove_dir(&dir);
     let setup = Setup {
         bin,
-        dir: temp_dir("xtask"),
+        dir,
         interrupted,
         verbose: true,
     };
@@ -381,7 +384,8 @@ fn write_docs(r: &Report, out: &Path, command: &str) -> Result<()> {
          - Partitioned node: {} (its traffic, both ways, goes through a user-space UDP proxy that dropped {} datagrams while cut).\n\
          - Nodes run with `unreachable_after = 60` (longer than a restart or the partition), `backoff_cap = 1`, `idle_timeout = 5`.\n\
          - At the end every node is up again; SIGUSR1 stops every generator, the run waits until no node has a message in flight \
-         (`qudag_node_outstanding` is 0 everywhere), then SIGTERM: each node shuts down and prints its JSON summary.\n",
+         (`qudag_node_outstanding` is 0 everywhere), then SIGTERM: each node shuts down and prints its JSON summary \
+         (kept with the keys, configs and logs in `target/qudag-testnet/`, the summaries in `summaries.jsonl`).\n",
         o.scenario.name(),
         o.nodes,
         o.seconds,

@@ -234,7 +234,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
             })?);
         }
     }
-    let mut started = 0usize;
+    let mut pids: Vec<u32> = Vec::new();
     let mut all: Vec<Incarnation> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     let mut marks: Vec<Mark> = Vec::new();
@@ -243,8 +243,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
     // The whole run is in a closure so that every exit path stops the nodes below.
     let outcome = (|| -> Result<()> {
         for (i, n) in nodes.iter_mut().enumerate() {
-            start(n, i, o, setup)?;
-            started += 1;
+            pids.push(start(n, i, o, setup)?);
         }
         wait_up(&mut nodes, setup, START_TIMEOUT)?;
         say(format!(
@@ -314,8 +313,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
             // Restarts due, and first lines of restarted nodes.
             for (i, n) in nodes.iter_mut().enumerate() {
                 if n.proc.is_none() && n.restart_at.is_some_and(|t| t <= now) {
-                    start(n, i, o, setup)?;
-                    started += 1;
+                    pids.push(start(n, i, o, setup)?);
                     n.restart_at = None;
                     marks.push(Mark {
                         t: since(t0),
@@ -368,8 +366,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
         // The end: everyone back up, generators stopped, everything drained.
         for (i, n) in nodes.iter_mut().enumerate() {
             if n.proc.is_none() {
-                start(n, i, o, setup)?;
-                started += 1;
+                pids.push(start(n, i, o, setup)?);
                 n.restart_at = None;
                 marks.push(Mark {
                     t: since(t0),
@@ -394,6 +391,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
             }
         }
         let until = Instant::now() + DRAIN_TIMEOUT;
+        let mut next_report = Instant::now() + Duration::from_secs(2);
         loop {
             if setup.interrupted.load(Ordering::Acquire) {
                 bail!("interrupted");
@@ -412,6 +410,18 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
                     "the network did not drain within {DRAIN_TIMEOUT:?}"
                 ));
                 break;
+            }
+            if Instant::now() >= next_report {
+                next_report += Duration::from_secs(2);
+                let waiting: Vec<String> = nodes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| {
+                        let out = n.last.as_ref().map_or(0, |b| b.figures.outstanding);
+                        (out > 0).then(|| format!("node{i}: {out}"))
+                    })
+                    .collect();
+                say(format!("still in flight: {}", waiting.join(", ")));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -448,15 +458,39 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
         Ok(())
     })();
     // Stop everything, whatever happened; then look for leftovers.
-    let mut leaked = 0;
     for n in &mut nodes {
         if let Some(mut p) = n.proc.take() {
             p.kill9();
-            if p.group_alive() {
-                leaked += 1;
-            }
         }
     }
+    // Every process started is reaped by now; a group still alive is a leak
+    // (a zombie grandchild is reaped by init: allow it a moment).
+    let until = Instant::now() + Duration::from_secs(2);
+    let leaked = loop {
+        let alive = pids
+            .iter()
+            .filter(|&&pid| crate::proc::group_alive(pid))
+            .count();
+        if alive == 0 || Instant::now() >= until {
+            break alive;
+        }
+        std::thread::sleep(crate::proc::POLL);
+    };
+    // Each node's final summary, one JSON line each, beside the logs.
+    let summaries: Vec<String> = (0..nodes.len())
+        .filter_map(|i| {
+            let stem = setup.dir.join(format!("node{i}.{}", nodes[i].starts));
+            let out = std::fs::read_to_string(stem.with_extension("out")).ok()?;
+            out.lines()
+                .last()
+                .filter(|l| l.starts_with('{'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let _ = std::fs::write(
+        setup.dir.join("summaries.jsonl"),
+        summaries.join("\n") + "\n",
+    );
     let proxy_dropped = proxies
         .iter()
         .map(|f| f.counts.dropped.load(Ordering::Relaxed))
@@ -482,7 +516,7 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
         nodes: rows,
         timeline,
         marks,
-        started,
+        started: pids.len(),
         leaked,
         problems,
         proxy_dropped,
@@ -519,7 +553,8 @@ fn node_config(o: &Options, plan: &Plan, i: usize, ids: &[String]) -> String {
     s
 }
 
-fn start(n: &mut Node, i: usize, o: &Options, setup: &Setup) -> Result<()> {
+/// Starts node `i`; its pid.
+fn start(n: &mut Node, i: usize, o: &Options, setup: &Setup) -> Result<u32> {
     let mut cmd = Command::new(&setup.bin);
     cmd.args(["run", "--exit-with-parent", "--config"])
         .arg(&n.config);
@@ -531,11 +566,13 @@ fn start(n: &mut Node, i: usize, o: &Options, setup: &Setup) -> Result<()> {
     }
     n.starts += 1;
     let stem = setup.dir.join(format!("node{i}.{}", n.starts));
-    n.proc = Some(Proc::spawn(cmd, &stem)?);
+    let p = Proc::spawn(cmd, &stem)?;
+    let pid = p.pid;
+    n.proc = Some(p);
     n.up = false;
     n.incarnation = None;
     n.last = None;
-    Ok(())
+    Ok(pid)
 }
 
 /// Reads the first line of a started node, if it is there.

@@ -107,8 +107,7 @@ impl Proc {
 
     /// True if its process group still has a member (a leak once reaped).
     pub fn group_alive(&self) -> bool {
-        self.pid()
-            .is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
+        group_alive(self.pid)
     }
 
     /// The first line of its stdout, once it is written.
@@ -130,6 +129,14 @@ impl Proc {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// True if process group `pid` still has a member.
+pub fn group_alive(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
 }
 
 impl Drop for Proc {
