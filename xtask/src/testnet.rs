@@ -385,7 +385,7 @@ fn write_docs(r: &Report, out: &Path, command: &str) -> Result<()> {
          - Nodes run with `unreachable_after = 60` (longer than a restart or the partition), `backoff_cap = 1`, `idle_timeout = 5`.\n\
          - At the end every node is up again; SIGUSR1 stops every generator, the run waits until no node has a message in flight \
          (`qudag_node_outstanding` is 0 everywhere), then SIGTERM: each node shuts down and prints its JSON summary \
-         (kept with the keys, configs and logs in `target/qudag-testnet/`, the summaries in `summaries.jsonl`).\n",
+         (kept with the keys, configs and logs in `qudag-testnet/` of the target directory; the summaries in `summaries.jsonl`).\n",
         o.scenario.name(),
         o.nodes,
         o.seconds,

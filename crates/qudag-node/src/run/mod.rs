@@ -23,7 +23,7 @@ pub(crate) mod payload;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -456,7 +456,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let stop_traffic = Arc::new(AtomicBool::new(false));
-    let supervisor = tokio::spawn(supervise(manager.clone(), cfg.peers.clone()));
+    let supervisor = tokio::spawn(supervise(
+        manager.clone(),
+        cfg.peers.clone(),
+        cfg.max_connections,
+    ));
     let parker = cfg
         .park_every
         .map(|every| tokio::spawn(park(manager.clone(), cfg.peers.clone(), every)));
@@ -554,15 +558,22 @@ fn outstanding(manager: &ConnectionManager, state: &Mutex<State>) -> u64 {
     accepted.saturating_sub(back).saturating_sub(acked)
 }
 
-/// Connects to every peer, then reconnects the ones that failed or went away.
-async fn supervise(manager: ConnectionManager, peers: Vec<PeerAddr>) {
+/// Connects to every peer, then reconnects the ones that failed or went
+/// away. Under a connection limit it dials only while there are free slots:
+/// its own dials would otherwise evict the connections peers are using to
+/// reach it (the generator's messages still make the library dial).
+async fn supervise(manager: ConnectionManager, peers: Vec<PeerAddr>, limit: Option<usize>) {
     let inflight: Arc<Vec<AtomicBool>> =
         Arc::new(peers.iter().map(|_| AtomicBool::new(false)).collect());
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let mut room = limit.map_or(usize::MAX, |l| l.saturating_sub(manager.open_connections()));
         for (i, p) in peers.iter().enumerate() {
+            if room == 0 {
+                break;
+            }
             let lost = matches!(
                 manager.status(&p.peer),
                 None | Some(ConnState::Failed | ConnState::Disconnected | ConnState::New)
@@ -570,6 +581,7 @@ async fn supervise(manager: ConnectionManager, peers: Vec<PeerAddr>) {
             if !lost || inflight[i].swap(true, Ordering::AcqRel) {
                 continue;
             }
+            room -= 1;
             let (manager, inflight, p) = (manager.clone(), inflight.clone(), *p);
             tokio::spawn(async move {
                 // Bounded: a dial has its own timeouts; this only guards a hang.
@@ -617,11 +629,9 @@ async fn generate(
 ) {
     let mut pacer = Pacer::new(Instant::now(), t.rate);
     let mut rng = Rng(seed | 1);
-    let rounds = AtomicU64::new(0);
     while !stop.load(Ordering::Acquire) {
         let n = pacer.due(Instant::now());
         for _ in 0..n {
-            rounds.fetch_add(1, Ordering::Relaxed);
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
             let one = |peer: PeerId, st: &mut State| {
                 let payload = Bytes::from(st.outbox.next_header(&peer).encode(t.size));
