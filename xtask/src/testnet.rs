@@ -45,7 +45,8 @@ options:
   -h, --help           this text
 
 Every fourth node (node1, node5, ...) has a connection limit of half its
-peers and pools its connections every second, so that it evicts. Every
+peers, pools its connections every second (so that it evicts), and sends to
+one random peer per round, a quarter of the others' volume. Every
 request loop is bounded; all traffic stays on 127.0.1.x; every process is
 stopped at the end, also on Ctrl-C.";
 
@@ -379,7 +380,8 @@ fn write_docs(r: &Report, out: &Path, command: &str) -> Result<()> {
         "- `{}` scenario, {} nodes, {} s of traffic, topology {}, seed {}.\n\
          - Each node binds 127.0.1.(i+1):{} (QUIC) and serves metrics on port {}; it sends {} rounds per second, \
          one {}-byte message to each of its peers per round.\n\
-         - Connection limit below the peer count (pools its connections every second, so newcomers evict): {}.\n\
+         - Connection limit below the peer count (pools its connections every second, so newcomers evict; sends to one \
+         random peer per round, a quarter of the others' volume): {}.\n\
          - Nodes churn may kill (kill -9, restarted {} s later with the same key): {}. Kills: {}.\n\
          - Partitioned node: {} (its traffic, both ways, goes through a user-space UDP proxy that dropped {} datagrams while cut).\n\
          - Nodes run with `unreachable_after = 60` (longer than a restart or the partition), `backoff_cap = 1`, `idle_timeout = 5`.\n\

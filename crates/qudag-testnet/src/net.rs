@@ -504,7 +504,11 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
         peers: plan.nodes.iter().map(|n| n.peers.clone()).collect(),
         killed,
         partitioned: plan.partitioned,
-        min_per_pair: ((o.rate * o.seconds as f64) / 20.0).max(5.0) as u64,
+        min_per_pair: plan
+            .nodes
+            .iter()
+            .map(|n| (n.expected_per_peer(o.seconds) / 20.0).max(5.0) as u64)
+            .collect(),
     };
     let verdict = books::check(&ctx, &all);
     let timeline = timeline(&reads);
@@ -547,8 +551,10 @@ fn node_config(o: &Options, plan: &Plan, i: usize, ids: &[String]) -> String {
         s.push_str(&format!("max_connections = {m}\npark_every = 1\n"));
     }
     s.push_str(&format!(
-        "\n[traffic]\nrate = {}\nsize = {}\nto = \"all\"\n",
-        o.rate, o.size
+        "\n[traffic]\nrate = {}\nsize = {}\nto = \"{}\"\n",
+        n.rate,
+        o.size,
+        if n.to_all { "all" } else { "random" }
     ));
     s
 }

@@ -104,7 +104,7 @@ impl Default for Options {
 }
 
 /// One node of the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodePlan {
     /// Its index.
     pub index: usize,
@@ -120,6 +120,22 @@ pub struct NodePlan {
     pub max_connections: Option<usize>,
     /// May be killed by churn.
     pub churnable: bool,
+    /// Generator rounds per second.
+    pub rate: f64,
+    /// Each round sends to every peer (`true`) or to one random peer.
+    pub to_all: bool,
+}
+
+impl NodePlan {
+    /// Messages this node is expected to send to each peer over `seconds`.
+    pub fn expected_per_peer(&self, seconds: u64) -> f64 {
+        let per_round = if self.to_all {
+            1.0
+        } else {
+            1.0 / self.peers.len().max(1) as f64
+        };
+        self.rate * per_round * seconds as f64
+    }
 }
 
 /// A timed event of the scenario.
@@ -231,12 +247,26 @@ impl Plan {
                 // than it has peers, so that it evicts; and at least 2.
                 let limited = i % 4 == 1 && n >= 4;
                 let want = peers[i].len();
+                let max_connections = limited.then(|| (want / 2).max(2)).filter(|&m| m < want);
+                // A limited node sends to one random peer per round, at a
+                // quarter of the others' volume: sending to every peer every
+                // round would reclaim each pooled connection at once and
+                // leave nothing to evict, and two limited nodes could then
+                // starve each other past `unreachable_after`.
+                let to_all = max_connections.is_none();
+                let rate = if to_all {
+                    o.rate
+                } else {
+                    o.rate * want as f64 / 4.0
+                };
                 NodePlan {
                     index: i,
                     public,
                     bind,
                     metrics: (host(i as u8 + 1), o.port + 1).into(),
-                    max_connections: limited.then(|| (want / 2).max(2)).filter(|&m| m < want),
+                    max_connections,
+                    rate,
+                    to_all,
                     peers: peers[i].clone(),
                     // The first half is never killed: it keeps exact books.
                     churnable: churn && i >= n / 2 && partitioned != Some(i),
@@ -317,6 +347,10 @@ mod tests {
             .map(|n| n.index)
             .collect();
         assert_eq!(limited, [1, 5]);
+        // Limited nodes send to one random peer per round, a quarter of the volume.
+        assert!(p.nodes[0].to_all && !p.nodes[1].to_all);
+        let full = p.nodes[0].expected_per_peer(60);
+        assert!((p.nodes[1].expected_per_peer(60) - full / 4.0).abs() < 1e-9);
         assert!(p
             .nodes
             .iter()

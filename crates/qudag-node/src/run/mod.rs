@@ -565,14 +565,17 @@ fn outstanding(manager: &ConnectionManager, state: &Mutex<State>) -> u64 {
 async fn supervise(manager: ConnectionManager, peers: Vec<PeerAddr>, limit: Option<usize>) {
     let inflight: Arc<Vec<AtomicBool>> =
         Arc::new(peers.iter().map(|_| AtomicBool::new(false)).collect());
+    let mut tried = vec![false; peers.len()];
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let mut room = limit.map_or(usize::MAX, |l| l.saturating_sub(manager.open_connections()));
         for (i, p) in peers.iter().enumerate() {
-            if room == 0 {
-                break;
+            // Every peer is connected to once, whatever the room: that also
+            // registers its address, without which `send` refuses it.
+            if room == 0 && tried[i] {
+                continue;
             }
             let lost = matches!(
                 manager.status(&p.peer),
@@ -581,7 +584,8 @@ async fn supervise(manager: ConnectionManager, peers: Vec<PeerAddr>, limit: Opti
             if !lost || inflight[i].swap(true, Ordering::AcqRel) {
                 continue;
             }
-            room -= 1;
+            tried[i] = true;
+            room = room.saturating_sub(1);
             let (manager, inflight, p) = (manager.clone(), inflight.clone(), *p);
             tokio::spawn(async move {
                 // Bounded: a dial has its own timeouts; this only guards a hang.
