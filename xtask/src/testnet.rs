@@ -46,7 +46,8 @@ options:
 
 Every fourth node (node1, node5, ...) has a connection limit of half its
 peers, pools its connections every second (so that it evicts), and sends to
-one random peer per round, a quarter of the others' volume. Every
+one random peer per round, a quarter of the others' volume; two such nodes
+do not peer with each other. Every
 request loop is bounded; all traffic stays on 127.0.1.x; every process is
 stopped at the end, also on Ctrl-C.";
 
@@ -381,7 +382,8 @@ fn write_docs(r: &Report, out: &Path, command: &str) -> Result<()> {
          - Each node binds 127.0.1.(i+1):{} (QUIC) and serves metrics on port {}; it sends {} rounds per second, \
          one {}-byte message to each of its peers per round.\n\
          - Connection limit below the peer count (pools its connections every second, so newcomers evict; sends to one \
-         random peer per round, a quarter of the others' volume): {}.\n\
+         random peer per round, a quarter of the others' volume; two of them do not peer with each other, see \
+         \"Findings\"): {}.\n\
          - Nodes churn may kill (kill -9, restarted {} s later with the same key): {}. Kills: {}.\n\
          - Partitioned node: {} (its traffic, both ways, goes through a user-space UDP proxy that dropped {} datagrams while cut).\n\
          - Nodes run with `unreachable_after = 60` (longer than a restart or the partition), `backoff_cap = 1`, `idle_timeout = 5`.\n\

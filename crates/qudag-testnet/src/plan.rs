@@ -218,17 +218,24 @@ impl Plan {
         let n = o.nodes;
         let mut rng = Rng::new(o.seed);
         let partitioned = matches!(o.scenario, Scenario::Partition | Scenario::All).then_some(0);
+        // Every fourth node (from the second) holds fewer connections than it
+        // has peers, so that it evicts. Two such nodes do not peer: each at
+        // its limit, with every other node competing for its slots, a pair
+        // of them could not connect for `unreachable_after` in the first
+        // 32-node run, and their messages came back as unreachable.
+        let limited = |i: usize| i % 4 == 1 && n >= 4;
+        let may_peer = |i: usize, j: usize| j != i && !(limited(i) && limited(j));
         let peers: Vec<Vec<usize>> = (0..n)
             .map(|i| match o.topology {
-                Topology::Mesh => (0..n).filter(|&j| j != i).collect(),
+                Topology::Mesh => (0..n).filter(|&j| may_peer(i, j)).collect(),
                 Topology::Random(k) => {
-                    let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+                    let mut others: Vec<usize> = (0..n).filter(|&j| may_peer(i, j)).collect();
                     // Fisher-Yates, then the first k.
                     for a in (1..others.len()).rev() {
                         let b = rng.below(a + 1);
                         others.swap(a, b);
                     }
-                    others.truncate(k.clamp(1, n - 1));
+                    others.truncate(k.max(1));
                     others.sort_unstable();
                     others
                 }
@@ -243,11 +250,9 @@ impl Plan {
                 } else {
                     public
                 };
-                // Every fourth node (from the second) holds fewer connections
-                // than it has peers, so that it evicts; and at least 2.
-                let limited = i % 4 == 1 && n >= 4;
+                // Half its peers, and at least 2.
                 let want = peers[i].len();
-                let max_connections = limited.then(|| (want / 2).max(2)).filter(|&m| m < want);
+                let max_connections = limited(i).then(|| (want / 2).max(2)).filter(|&m| m < want);
                 // A limited node sends to one random peer per round, at a
                 // quarter of the others' volume: sending to every peer every
                 // round would reclaim each pooled connection at once and
@@ -339,7 +344,13 @@ mod tests {
     fn mesh_with_limits_and_churnable_second_half() {
         let p = Plan::new(&opts(8, Scenario::All, Topology::Mesh)).unwrap();
         assert_eq!(p.nodes.len(), 8);
-        assert!(p.nodes.iter().all(|n| n.peers.len() == 7));
+        // The limited nodes 1 and 5 do not peer with each other.
+        for n in &p.nodes {
+            let expect = if n.index % 4 == 1 { 6 } else { 7 };
+            assert_eq!(n.peers.len(), expect, "node{}", n.index);
+        }
+        assert!(!p.nodes[1].peers.contains(&5) && !p.nodes[5].peers.contains(&1));
+        assert!(p.nodes[0].peers.contains(&1));
         let limited: Vec<usize> = p
             .nodes
             .iter()
