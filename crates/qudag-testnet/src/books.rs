@@ -74,6 +74,8 @@ pub struct Recv {
     pub duplicates: u64,
     /// Gaps seen.
     pub gaps: u64,
+    /// The first counter the first gap skipped.
+    pub first_missing: u64,
 }
 
 /// The figures of one node incarnation beside its books.
@@ -160,7 +162,8 @@ impl Books {
             }
         }
         type Field = fn(&mut Recv, u64);
-        let fields: [(&str, Field); 5] = [
+        let fields: [(&str, Field); 6] = [
+            ("qudag_node_first_missing", |r, v| r.first_missing = v),
             ("qudag_node_received_total", |r, v| r.received = v),
             ("qudag_node_duplicates_total", |r, v| r.duplicates = v),
             ("qudag_node_gaps_total", |r, v| r.gaps = v),
@@ -247,6 +250,7 @@ impl Books {
                     received: n(r, "received"),
                     duplicates: n(r, "duplicates"),
                     gaps: n(r, "gaps"),
+                    first_missing: n(r, "first_missing"),
                 },
             );
         }
@@ -377,8 +381,9 @@ pub fn check(ctx: &RunFacts, all: &[Incarnation]) -> Verdict {
                     .get(from.as_str())
                     .map_or_else(|| from.clone(), |&i| name(i));
                 v.violations.push(format!(
-                    "{} (incarnation {}) from {who} (incarnation {finc}): {} duplicates, {} gaps (first {}, last {}, received {})",
-                    name(inc.node), b.incarnation, r.duplicates, r.gaps, r.first, r.last, r.received
+                    "{} (incarnation {}) from {who} (incarnation {finc}): {} duplicates, {} gaps (first {}, last {}, received {}, first missing {})",
+                    name(inc.node), b.incarnation, r.duplicates, r.gaps, r.first, r.last, r.received,
+                    r.first_missing
                 ));
             }
         }

@@ -479,8 +479,8 @@ pub fn run(o: &Options, setup: &Setup) -> Result<Report> {
     // Each node's final summary, one JSON line each, beside the logs.
     let summaries: Vec<String> = (0..nodes.len())
         .filter_map(|i| {
-            let stem = setup.dir.join(format!("node{i}.{}", nodes[i].starts));
-            let out = std::fs::read_to_string(stem.with_extension("out")).ok()?;
+            let out = setup.dir.join(format!("node{i}.{}.out", nodes[i].starts));
+            let out = std::fs::read_to_string(out).ok()?;
             out.lines()
                 .last()
                 .filter(|l| l.starts_with('{'))
@@ -564,7 +564,8 @@ fn start(n: &mut Node, i: usize, o: &Options, setup: &Setup) -> Result<u32> {
     let mut cmd = Command::new(&setup.bin);
     cmd.args(["run", "--exit-with-parent", "--config"])
         .arg(&n.config);
-    cmd.env("RUST_LOG", "warn");
+    // Warnings, plus the node's own notes on new sender incarnations.
+    cmd.env("RUST_LOG", "warn,qudag_node=info");
     if i == 0 {
         if let Some(k) = o.fault_drop_received {
             cmd.arg("--fault-drop-received").arg(k.to_string());

@@ -35,8 +35,9 @@ impl Proc {
     /// If the files cannot be created or the process not started.
     pub fn spawn(mut cmd: Command, stem: &Path) -> Result<Proc> {
         use std::os::unix::process::CommandExt as _;
-        let stdout = stem.with_extension("out");
-        let stderr = stem.with_extension("err");
+        // Appended, not `with_extension`: a stem like `node3.2` keeps its `.2`.
+        let stdout = PathBuf::from(format!("{}.out", stem.display()));
+        let stderr = PathBuf::from(format!("{}.err", stem.display()));
         cmd.stdin(Stdio::null())
             .stdout(File::create(&stdout).context("stdout file")?)
             .stderr(File::create(&stderr).context("stderr file")?)

@@ -37,6 +37,8 @@ pub(crate) struct Stream {
     pub(crate) gaps: u64,
     /// Counters skipped over by those gaps.
     pub(crate) missing: u64,
+    /// The first counter the first gap skipped (meaningful when `gaps > 0`).
+    pub(crate) first_missing: u64,
 }
 
 /// What one received message was.
@@ -145,6 +147,9 @@ fn step(s: &mut Stream, counter: u64) -> Verdict {
             Verdict::InOrder
         } else {
             let skipped = counter - next;
+            if s.gaps == 0 {
+                s.first_missing = next;
+            }
             s.gaps += 1;
             s.missing = s.missing.saturating_add(skipped);
             Verdict::Gap { skipped }
@@ -213,19 +218,24 @@ impl Outbox {
         self.to.entry(peer).or_default().accepted += 1;
     }
 
-    /// Messages to `peer` came back undelivered.
+    /// Messages to `peer` came back undelivered; the lowest and highest
+    /// counter among them (for the log), if any was this incarnation's.
     pub(crate) fn handed_back<'a>(
         &mut self,
         peer: PeerId,
         messages: impl IntoIterator<Item = &'a [u8]>,
         reason: UndeliveredReason,
         maybe_delivered: bool,
-    ) {
+    ) -> Option<(u64, u64)> {
         let incarnation = self.incarnation;
         let sent = self.to.entry(peer).or_default();
+        let mut range: Option<(u64, u64)> = None;
         for m in messages {
             match Header::decode(m) {
                 Ok(h) if h.incarnation == incarnation && h.counter < sent.accepted => {
+                    range = Some(range.map_or((h.counter, h.counter), |(lo, hi)| {
+                        (lo.min(h.counter), hi.max(h.counter))
+                    }));
                     sent.handed_back += 1;
                     if maybe_delivered {
                         sent.handed_back_maybe += 1;
@@ -235,6 +245,7 @@ impl Outbox {
                 _ => sent.foreign += 1,
             }
         }
+        range
     }
 
     /// Sum over destinations: (accepted, handed back).
@@ -292,7 +303,8 @@ mod tests {
                 received: 4,
                 duplicates: 2,
                 gaps: 1,
-                missing: 3
+                missing: 3,
+                first_missing: 2,
             }
         );
         assert_eq!(streams[1].2.received, 1);
@@ -326,12 +338,13 @@ mod tests {
         }
         out.accepted(b);
         let back = [msg(5, 1), msg(5, 2), msg(6, 0), msg(5, 9), b"x".to_vec()];
-        out.handed_back(
+        let range = out.handed_back(
             a,
             back.iter().map(Vec::as_slice),
             UndeliveredReason::PeerRestarted,
             true,
         );
+        assert_eq!(range, Some((1, 2)));
         let sa = &out.to[&a];
         assert_eq!(
             (sa.accepted, sa.handed_back, sa.handed_back_maybe),

@@ -425,7 +425,22 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                     if drop_nth == Some(n) {
                         continue;
                     }
-                    st.inbox.observe(from, m);
+                    match st.inbox.observe(from, m) {
+                        books::Verdict::First => {
+                            if let Ok(h) = payload::Header::decode(m) {
+                                tracing::info!(%from, incarnation = h.incarnation, counter = h.counter, "first message of a sender incarnation");
+                            }
+                        }
+                        books::Verdict::Gap { skipped } => {
+                            let h = payload::Header::decode(m).ok();
+                            tracing::warn!(%from, incarnation = h.map(|h| h.incarnation), counter = h.map(|h| h.counter), skipped, "gap in a sender's stream");
+                        }
+                        books::Verdict::Duplicate => {
+                            let h = payload::Header::decode(m).ok();
+                            tracing::warn!(%from, incarnation = h.map(|h| h.incarnation), counter = h.map(|h| h.counter), "duplicate message");
+                        }
+                        _ => {}
+                    }
                 }
             }
         })
@@ -442,12 +457,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
                         messages,
                         reason,
                         maybe_delivered,
-                    } => st.outbox.handed_back(
-                        peer,
-                        messages.iter().map(|m| &m[..]),
-                        reason,
-                        maybe_delivered,
-                    ),
+                    } => {
+                        let range = st.outbox.handed_back(
+                            peer,
+                            messages.iter().map(|m| &m[..]),
+                            reason,
+                            maybe_delivered,
+                        );
+                        tracing::warn!(%peer, %reason, maybe_delivered, count = messages.len(), counters = ?range, "messages handed back");
+                    }
                     Event::Lagged { missed } => st.lagged += missed,
                     _ => {}
                 }
@@ -789,6 +807,7 @@ fn books_prometheus(
         ("gaps", "counter", |s: &Stream| s.gaps),
         ("received_first", "gauge", |s: &Stream| s.first),
         ("received_last", "gauge", |s: &Stream| s.last),
+        ("first_missing", "gauge", |s: &Stream| s.first_missing),
     ] {
         let _ = writeln!(s, "# TYPE qudag_node_{name} {kind}");
         let suffix = if kind == "counter" { "_total" } else { "" };
