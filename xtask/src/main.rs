@@ -8,6 +8,10 @@
 //! - `cargo xtask ci`: the steps of `.ci/run` without the fuzz smoke: format
 //!   check, clippy with warnings as errors, tests, rustdoc with warnings as
 //!   errors.
+//! - `cargo xtask testnet [--nodes N] [--scenario S] [--seconds S] ...`:
+//!   runs N `qudag-node run` processes on 127.0.1.x with churn and a
+//!   partition, balances the network-wide books and writes
+//!   `docs/TESTNET.md` with SVG plots (`testnet.rs`; `--help` for options).
 //! - `cargo xtask fuzz [--seconds N]`: runs every cargo-fuzz target in
 //!   `fuzz/` for N seconds (default 15) if `cargo +nightly fuzz` is
 //!   available, and says why it skips otherwise.
@@ -24,6 +28,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod report;
 mod svg;
+mod testnet;
 
 /// Project automation for qudag-net.
 #[derive(Debug, Parser)]
@@ -56,6 +61,15 @@ enum Task {
         #[arg(long, default_value_t = 15, value_name = "N")]
         seconds: u64,
     },
+    /// Run a many-node testnet of `qudag-node run` processes on 127.0.1.x
+    /// (steady, churn, partition), balance the network-wide books and write
+    /// docs/TESTNET.md (`cargo xtask testnet --help` for the options).
+    #[command(disable_help_flag = true)]
+    Testnet {
+        /// The testnet's options, parsed by the task itself.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +78,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => bench::run(quick),
         Task::Ci => ci(),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Testnet { args } => testnet::run(&args),
     }
 }
 

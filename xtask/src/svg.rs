@@ -112,6 +112,12 @@ impl Axis {
 impl LineChart {
     /// The chart as a standalone SVG document.
     pub(crate) fn to_svg(&self) -> String {
+        self.to_svg_marked(&[])
+    }
+
+    /// The chart with vertical marks on the x axis: `(x, label)`, e.g. the
+    /// kills and partitions of a testnet over time.
+    pub(crate) fn to_svg_marked(&self, marks: &[(f64, String)]) -> String {
         let all = || self.series.iter().flat_map(|s| s.points.iter());
         let xa = Axis::new(all().map(|p| p.0), self.x_log);
         let ya = Axis::new(all().map(|p| p.1), self.y_log);
@@ -169,6 +175,21 @@ impl LineChart {
             T + ph / 2.0,
             escape(&self.y_label)
         );
+        for (k, (x, label)) in marks.iter().enumerate() {
+            if !x.is_finite() {
+                continue;
+            }
+            let x = px(*x).clamp(L, L + pw);
+            // Labels alternate between two rows so that neighbours stay readable.
+            let ly = T + 12.0 + (k % 2) as f64 * 12.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{T}" x2="{x:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="3,3"/><text x="{:.1}" y="{ly:.1}" font-size="9" fill="#555">{}</text>"##,
+                T + ph,
+                x + 2.0,
+                escape(label)
+            );
+        }
         for (i, series) in self.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let pts: Vec<String> = series
@@ -229,6 +250,25 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("one &amp; two") && svg.contains("a &lt; b"));
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn marks_are_dashed_vertical_lines_with_labels() {
+        let chart = LineChart {
+            title: "t".into(),
+            x_label: "s".into(),
+            y_label: "y".into(),
+            x_log: false,
+            y_log: false,
+            series: vec![Series {
+                name: "a".into(),
+                points: vec![(0.0, 1.0), (10.0, 2.0)],
+            }],
+        };
+        let svg = chart.to_svg_marked(&[(5.0, "kill 3".into()), (f64::NAN, "x".into())]);
+        assert_eq!(svg.matches("stroke-dasharray").count(), 1);
+        assert!(svg.contains(">kill 3</text>"));
+        assert_eq!(chart.to_svg().matches("stroke-dasharray").count(), 0);
     }
 
     #[test]

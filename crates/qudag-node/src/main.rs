@@ -12,6 +12,10 @@
 //!   `http.rs` for its limits).
 //! - `send --to PEERID@ADDR --count N --size BYTES`: sends, waits for the
 //!   acknowledgements, and exits 0 only if every message was delivered.
+//! - `run --config FILE`: a long-running node with peers, limits, metrics and
+//!   a traffic generator whose payloads every receiver checks (order, gaps,
+//!   duplicates); prints a JSON summary on SIGTERM/SIGINT. A bad config is
+//!   one line naming the field and exit code 2. See `run/mod.rs`.
 //!
 //! What it does not do: discovery, routing, resending handed-back messages,
 //! or daemon management. Errors are printed as one `error: ...` line on
@@ -26,6 +30,7 @@ mod keygen;
 mod listen;
 mod parse;
 mod report;
+mod run;
 mod send;
 
 use std::process::ExitCode;
@@ -35,13 +40,15 @@ use qudag_transport::PeerText;
 
 /// Exit code of a run that failed (clap uses 2 for usage errors).
 const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage error: a bad flag (clap) or a bad `run` config.
+const EXIT_USAGE: u8 = 2;
 
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "qudag-node",
     version,
-    about = "A qudag-net node: demo, keygen, listen, send"
+    about = "A qudag-net node: demo, keygen, listen, send, run"
 )]
 struct Cli {
     /// What to do.
@@ -60,6 +67,8 @@ enum Command {
     Listen(listen::ListenArgs),
     /// Send messages to a listening peer and wait until they are acknowledged.
     Send(send::SendArgs),
+    /// Run a long-lived node from a config file: peers, limits, metrics, traffic.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
                     Command::Demo(args) => demo::run(args).await,
                     Command::Listen(args) => listen::run(args).await,
                     Command::Send(args) => send::run(args).await,
+                    Command::Run(args) => run::run(args).await,
                     Command::Keygen(args) => keygen::run(&args),
                 }
             }),
@@ -86,7 +96,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
-            ExitCode::from(EXIT_FAILURE)
+            // A bad `run` configuration is a usage error, like clap's.
+            if e.downcast_ref::<run::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }
