@@ -489,27 +489,18 @@ fn write_docs(r: &Report, out: &Path, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// What earlier 32-node runs showed, and what the harness does about it.
+/// What earlier 32-node runs showed, and what the harness and the library do about it.
 const FINDINGS: &str = "\
-- **Library bug: a restarted peer can see a gap (a message handed back as `peer restarted` that only the new \
-incarnation could have read, while the next ones are delivered to it).** Seen in both 32-node runs on the final \
-harness, once each: node16's killed incarnation received from node1 counters 59..125 with one missing; and (the run \
-below, with logs) node27's last incarnation received from node13 counters 104..282 with 113 missing. The logs of \
-that run: node27's new incarnation got node13's counter 104 first (17:31:51.533); at 17:31:52.752 node13 read the \
-new incarnation's RESUME and handed back counters 104..113 as `peer restarted`, `maybe_delivered` (10 messages); in \
-the same millisecond node27 received counter 114 after 112. So 104..113 were written only to the new incarnation \
-(before its RESUME, on a connection that was then replaced), 104..112 arrived, 113 was lost with the replaced \
-connection and came back, and 114 onward went on to the same incarnation. Cause, reproduced without IO in \
-`qudag-batch`'s `Outbox`/`Inbox`: `Outbox::may_send_new` lets a new connection write before the peer's RESUME once \
-the peer's incarnation is known from before; when that connection is replaced (simultaneous dial) and the RESUME \
-on the next one names a new incarnation, `on_resume` hands back the whole stale window as if the old incarnation \
-had been written to, and `Inbox::plan` delivers the next batch although its first number is above the one expected. \
-The contract says a restarted peer's messages come back only if the old incarnation may have read them. No message \
-is lost silently (accepted = delivered + handed back holds) and there is no duplicate, but order for the new \
-incarnation is broken. The books check is left as it is: this run's books do not balance because of it. Not fixed \
-here (it is in the session core, outside this issue); a fix would stop pre-RESUME writes after a reconnect, or have \
-the Outbox keep what it wrote on a connection before that connection's RESUME and resend rather than hand back \
-what the RESUME's `known`/`next` shows the new incarnation has seen.
+- **Library bug, found here and fixed: a restarted peer could see a gap.** In the first two 32-node runs on the \
+final harness, once each, a restarted node received a sender's stream with a hole (node27's new incarnation got \
+node13's counters 104..112, then 114: 113 missing). The logs showed the cause: node13 knew node27 from before, so \
+on a new connection it wrote batches before node27's RESUME; they reached node27's *new* incarnation; that \
+connection was replaced (simultaneous dial); node13 learned of the restart only from the RESUME on the next \
+connection and handed the whole window back as `peer restarted` (maybe delivered), while the next batch went on to \
+the new incarnation after the one lost with the replaced connection. No message was lost silently, but the order \
+broke. Fixed in `qudag-batch`: `Outbox::may_send_new` now waits for the peer's RESUME on every connection (one round \
+trip on a reconnect), and the model test of the session core checks each receiver incarnation's stream for holes \
+(it fails on the old rule). This run, on the fixed code, balances: 0 gaps, 0 duplicates.
 - **Connection limits do not share slots fairly.** In the first 32-node runs every fourth node had a limit of \
 half its 31 peers, and two such nodes also peered with each other. A node at its limit admits a newcomer only by \
 evicting an idle pooled connection; with the others' dials arriving all the time, each freed slot went to whoever \
@@ -525,7 +516,7 @@ limited nodes is still seconds (messages wait for a slot).
 - **A harness bug found on the way:** the first limit-aware version of `run`'s supervisor never called `connect` \
 for some peers of a limited node, and `send` refuses a peer whose address it was never given; two nodes never \
 exchanged a message, and the non-vacuity rule (6) caught it. Every peer is now connected to once at start.
-- No duplicate, no other gap, and no panic or unexpected exit in any run.";
+- Apart from those, no duplicate, no gap, and no panic or unexpected exit in any run.";
 
 /// The invariant, as TESTNET.md states it (the same rules as `qudag_testnet::books`).
 const INVARIANT: &str = "\
