@@ -160,15 +160,20 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The CPU model named in `cpuinfo` (the text of `/proc/cpuinfo`), or "unknown".
+pub(crate) fn cpu_model(cpuinfo: &str) -> &str {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, v)| v.trim())
+}
+
 /// The machine section: cores, CPU model and flags of interest, OS, rustc, date.
 fn machine(command: &str) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown", |(_, v)| v.trim());
+    let model = cpu_model(&cpuinfo);
     let flags: Vec<&str> = cpuinfo
         .lines()
         .find(|l| l.starts_with("flags"))

@@ -220,12 +220,7 @@ fn on_interrupt(flag: Arc<AtomicBool>) -> Result<()> {
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown", |(_, v)| v.trim());
-    format!("{cores} vCPU ({model})")
+    format!("{cores} vCPU ({})", crate::bench::cpu_model(&cpuinfo))
 }
 
 fn kib(b: u64) -> String {
