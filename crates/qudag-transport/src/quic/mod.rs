@@ -5,7 +5,7 @@
 //! the TLS 1.3 handshake signature, derive the peer's [`PeerId`] from its key,
 //! and refuse a listener whose `PeerId` is not the one dialed
 //! ([`TransportError::PeerIdMismatch`]) or, with an allow-list, a dialer not on
-//! it ([`TransportError::Refused`] on the dialer; the listener's `accept`
+//! it ([`TransportError::Denied`] on the dialer; the listener's `accept`
 //! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/2`). Only TLS
 //! 1.3, no session resumption, no 0-RTT: every connection runs a full
 //! handshake, so its exported keys are fresh.
