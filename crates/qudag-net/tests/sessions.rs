@@ -147,44 +147,10 @@ impl qudag_net::Transport for Gate {
     }
 }
 
-#[qudag_net::async_trait]
-impl qudag_net::Connection for SlowOpen {
-    fn peer(&self) -> qudag_net::PeerId {
-        self.0.peer()
-    }
-    fn remote_addr(&self) -> std::net::SocketAddr {
-        self.0.remote_addr()
-    }
-    fn side(&self) -> qudag_net::Side {
-        self.0.side()
-    }
-    async fn open_stream(
-        &self,
-    ) -> Result<(qudag_net::SendStream, qudag_net::RecvStream), qudag_net::TransportError> {
-        self.0.closed().await;
-        self.0.open_stream().await
-    }
-    fn export_keying_material(
-        &self,
-        out: &mut [u8],
-        label: &[u8],
-        context: &[u8],
-    ) -> Result<(), qudag_net::TransportError> {
-        self.0.export_keying_material(out, label, context)
-    }
-    fn rtt(&self) -> Option<Duration> {
-        self.0.rtt()
-    }
-    fn close(&self, code: u32, reason: &[u8]) {
-        self.0.close(code, reason);
-    }
-    fn close_reason(&self) -> Option<qudag_net::CloseReason> {
-        self.0.close_reason()
-    }
-    async fn closed(&self) -> qudag_net::CloseReason {
-        self.0.closed().await
-    }
-}
+support::wrap_connection!(SlowOpen, |this| {
+    this.0.closed().await;
+    this.0.open_stream().await
+});
 
 /// The peer closes our dial as a simultaneous dial's loser while we are
 /// still setting it up: that is not a failure. `connect` waits for the

@@ -14,12 +14,14 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use qudag_net::{
-    CloseReason, Connection, ConnectionManager, ErrorKind, ManagerConfig, MemoryNetwork,
-    MemoryTransport, PeerAddr, PeerId, RecvStream, SendStream, Side, Transport, TransportError,
+    Connection, ConnectionManager, ErrorKind, ManagerConfig, MemoryNetwork, MemoryTransport,
+    PeerAddr, PeerId, Transport, TransportError,
 };
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
+
+mod support;
 
 #[derive(Debug, Clone)]
 struct SpanRec {
@@ -213,44 +215,12 @@ impl Transport for BadPreamble {
     }
 }
 
-#[qudag_net::async_trait]
-impl Connection for BadStream {
-    fn peer(&self) -> PeerId {
-        self.0.peer()
-    }
-    fn remote_addr(&self) -> SocketAddr {
-        self.0.remote_addr()
-    }
-    fn side(&self) -> Side {
-        self.0.side()
-    }
-    async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
-        Err(TransportError::Protocol {
-            peer: self.0.peer(),
-            detail: "bad stream preamble 0x00".into(),
-        })
-    }
-    fn export_keying_material(
-        &self,
-        out: &mut [u8],
-        label: &[u8],
-        context: &[u8],
-    ) -> Result<(), TransportError> {
-        self.0.export_keying_material(out, label, context)
-    }
-    fn rtt(&self) -> Option<Duration> {
-        self.0.rtt()
-    }
-    fn close(&self, code: u32, reason: &[u8]) {
-        self.0.close(code, reason);
-    }
-    fn close_reason(&self) -> Option<CloseReason> {
-        self.0.close_reason()
-    }
-    async fn closed(&self) -> CloseReason {
-        self.0.closed().await
-    }
-}
+support::wrap_connection!(BadStream, |this| {
+    Err(TransportError::Protocol {
+        peer: this.0.peer(),
+        detail: "bad stream preamble 0x00".into(),
+    })
+});
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_bad_stream_preamble_is_warned_about_like_any_protocol_violation() {

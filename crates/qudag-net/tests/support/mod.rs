@@ -229,3 +229,54 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+/// Implements `qudag_net::Connection` for a tuple struct around an
+/// `Arc<dyn Connection>` (field 0): every method delegates to it but
+/// `open_stream`, whose body is given, with the wrapper bound to `$this`.
+/// For the tests' fault-injecting wrappers.
+#[allow(unused_macros)]
+macro_rules! wrap_connection {
+    ($ty:ty, |$this:ident| $open:block) => {
+        #[qudag_net::async_trait]
+        impl qudag_net::Connection for $ty {
+            fn peer(&self) -> qudag_net::PeerId {
+                self.0.peer()
+            }
+            fn remote_addr(&self) -> std::net::SocketAddr {
+                self.0.remote_addr()
+            }
+            fn side(&self) -> qudag_net::Side {
+                self.0.side()
+            }
+            async fn open_stream(
+                &self,
+            ) -> Result<(qudag_net::SendStream, qudag_net::RecvStream), qudag_net::TransportError>
+            {
+                let $this = self;
+                $open
+            }
+            fn export_keying_material(
+                &self,
+                out: &mut [u8],
+                label: &[u8],
+                context: &[u8],
+            ) -> Result<(), qudag_net::TransportError> {
+                self.0.export_keying_material(out, label, context)
+            }
+            fn rtt(&self) -> Option<std::time::Duration> {
+                self.0.rtt()
+            }
+            fn close(&self, code: u32, reason: &[u8]) {
+                self.0.close(code, reason);
+            }
+            fn close_reason(&self) -> Option<qudag_net::CloseReason> {
+                self.0.close_reason()
+            }
+            async fn closed(&self) -> qudag_net::CloseReason {
+                self.0.closed().await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use wrap_connection;
