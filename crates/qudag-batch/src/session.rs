@@ -229,7 +229,10 @@ impl<M> Outbox<M> {
     /// A peer that forgot us without restarting (`known` is not our
     /// incarnation) is resent the window like one that remembers: that is
     /// exactly-once only if it forgets a sender no earlier than the sender
-    /// gives up on it (see `docs/PROTOCOL.md` §6).
+    /// gives up on it (see `docs/PROTOCOL.md` §6). The other way round, an
+    /// outbox that never heard from the peer but is told the peer delivered
+    /// messages of our incarnation (we forgot the peer, it did not forget us)
+    /// numbers on from there.
     ///
     /// # Errors
     ///
@@ -249,6 +252,15 @@ impl<M> Outbox<M> {
         // `next` is an acknowledgement only if it is about our incarnation; a
         // RESUME written before the peer read ours says nothing of it.
         let about_us = resume.known == self.incarnation;
+        if self.peer.is_none() && about_us && resume.next > self.acked {
+            // This outbox never heard from the peer, yet the peer delivered
+            // messages of our incarnation: an earlier outbox of ours for it
+            // was forgotten (all of it acknowledged or handed back) while the
+            // peer kept its state. Nothing here was written yet (nothing is
+            // before the first RESUME), so number on from where the peer is;
+            // numbers from 0 would be dropped as duplicates.
+            self.renumber_from(resume.next);
+        }
         if !lost && about_us && resume.next > self.next {
             return Err(AckError::BeyondSent {
                 ack: resume.next,
@@ -270,6 +282,17 @@ impl<M> Outbox<M> {
             self.ack(resume.next, acked)?;
         }
         Ok(ResumeOutcome { lost, handed_back })
+    }
+
+    /// Moves every number not yet acknowledged up so that the first of them
+    /// is `from`. Only for messages never written.
+    fn renumber_from(&mut self, from: u64) {
+        let shift = from - self.acked;
+        for entry in &mut self.window {
+            entry.first += shift;
+        }
+        self.next += shift;
+        self.acked = from;
     }
 
     /// Takes an acknowledgement: every message below `next` was delivered.

@@ -33,6 +33,10 @@ enum Op {
     Reconnect { listener_first: bool },
     /// The receiver restarts with a new incarnation (its connection dies).
     RestartReceiver,
+    /// The sender forgets the receiver (its connection is gone and nothing
+    /// waits: the manager's `peer_idle_timeout`) while the receiver keeps its
+    /// state; the sender's next outbox starts fresh.
+    ForgetReceiver,
 }
 
 fn op(restarts: bool) -> impl Strategy<Value = Op> {
@@ -47,6 +51,7 @@ fn op(restarts: bool) -> impl Strategy<Value = Op> {
         1 => Just(Op::Cut),
         1 => any::<bool>().prop_map(|listener_first| Op::Reconnect { listener_first }),
         restart_weight => Just(Op::RestartReceiver),
+        1 => Just(Op::ForgetReceiver),
     ]
 }
 
@@ -221,6 +226,13 @@ impl World {
                 }
                 self.r2s = Some(r2s);
                 self.out.connected();
+            }
+            Op::ForgetReceiver => {
+                if self.out.is_empty() && self.pending.is_empty() {
+                    self.apply(Op::Cut)?;
+                    self.old.clear();
+                    self.out = Outbox::new(self.sender_inc);
+                }
             }
             Op::RestartReceiver => {
                 self.receiver_inc += 1;

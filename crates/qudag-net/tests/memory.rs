@@ -539,6 +539,62 @@ async fn idle_peers_are_forgotten_and_come_back_on_send() {
     assert_eq!(a.mgr.status(&b.addr.peer), Some(ConnState::Connected));
 }
 
+/// A sender that forgot a peer which still remembers it (the peer's
+/// `peer_idle_timeout` is longer) starts a fresh outbox, numbered from 0,
+/// while the peer's RESUME says it delivered messages up to a higher number.
+/// The fresh outbox goes on from there: its messages are delivered, not
+/// refused as an acknowledgement "beyond the messages sent" (which closed
+/// every connection as a protocol violation) nor dropped as duplicates.
+#[tokio::test(start_paused = true)]
+async fn a_sender_that_forgot_a_peer_which_remembers_it_is_delivered() {
+    let net = MemoryNetwork::new();
+    let mut short = ManagerConfig::default();
+    short.peer_idle_timeout(Duration::from_secs(60));
+    let mut long = ManagerConfig::default();
+    long.peer_idle_timeout(Duration::from_secs(3600));
+    let mut a = node_with(&net, "a", short);
+    let mut b = node_with(&net, "b", long);
+    a.mgr.connect(b.addr).await.unwrap();
+    for i in 0..5 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    assert_eq!(recv_n(&mut b.incoming, a.addr.peer, 5).await.len(), 5);
+    // Everything acknowledged before the link goes.
+    while a.mgr.metrics_snapshot().messages_acked < 5 {
+        tokio::task::yield_now().await;
+    }
+    net.drop_connections(a.addr.peer, b.addr.peer);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(a.mgr.peers().is_empty(), "a forgot b");
+    assert_eq!(b.mgr.peers(), vec![a.addr.peer], "b still remembers a");
+
+    for i in 5..10 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    let got: Vec<u32> = recv_n(&mut b.incoming, a.addr.peer, 5)
+        .await
+        .iter()
+        .map(|m| index(m))
+        .collect();
+    assert_eq!(got, (5..10).collect::<Vec<_>>());
+    // b acknowledges once its application took them; a hears it shortly.
+    for _ in 0..10_000 {
+        if a.mgr.metrics_snapshot().messages_acked >= 10 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let snap = a.mgr.metrics_snapshot();
+    assert_eq!(snap.messages_acked, 10, "the new ones are acknowledged too");
+    assert_eq!(
+        snap.errors.total(),
+        0,
+        "no protocol violation, no failed dial"
+    );
+    a.mgr.shutdown(Duration::from_secs(5)).await;
+    assert!(handed_back(&mut a.events).is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn messages_for_an_unreachable_peer_come_back_after_unreachable_after() {
     let net = MemoryNetwork::new();
