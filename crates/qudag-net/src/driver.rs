@@ -536,7 +536,20 @@ impl Driver {
             let conn = shared.transport.dial(&to).await?;
             let slot = permit.established();
             let ctx = shared.reader_ctx(to.peer, recv)?;
-            let session = session::establish(conn, shared.local, slot, ctx).await?;
+            let session = match session::establish(conn.clone(), shared.local, slot, ctx).await {
+                Ok(session) => session,
+                Err(e) => {
+                    // A refusal can close the connection while the session
+                    // is set up: then the acceptance says why (`Denied`),
+                    // not the stream that broke.
+                    if confirm {
+                        if let Err(denied @ TransportError::Denied { .. }) = conn.accepted().await {
+                            return Err(denied.into());
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             if confirm {
                 if let Err(e) = session.handle.conn.accepted().await {
                     // Closed by the peer as the loser of a simultaneous
