@@ -55,6 +55,11 @@ use std::time::{Duration, Instant};
 
 use crate::Resume;
 
+/// The highest message number an outbox takes over from a peer's RESUME
+/// (2^62): a hostile `next` near `u64::MAX` must not make our numbering
+/// overflow.
+const RENUMBER_MAX: u64 = 1 << 62;
+
 /// A batch written at least once and not yet acknowledged.
 #[derive(Debug)]
 struct InFlight<M> {
@@ -258,7 +263,14 @@ impl<M> Outbox<M> {
             // was forgotten (all of it acknowledged or handed back) while the
             // peer kept its state. Nothing here was written yet (nothing is
             // before the first RESUME), so number on from where the peer is;
-            // numbers from 0 would be dropped as duplicates.
+            // numbers from 0 would be dropped as duplicates. A bound no
+            // honest peer reaches keeps the numbers far from overflowing.
+            if resume.next - self.acked > RENUMBER_MAX - self.next.min(RENUMBER_MAX) {
+                return Err(AckError::BeyondSent {
+                    ack: resume.next,
+                    next: self.next,
+                });
+            }
             self.renumber_from(resume.next);
         }
         if !lost && about_us && resume.next > self.next {

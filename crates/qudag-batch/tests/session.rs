@@ -543,3 +543,21 @@ proptest! {
         }
     }
 }
+
+/// A fresh outbox takes over a peer's `next` (it forgot the peer, the peer did
+/// not forget it), but not one so high that its own numbering could overflow:
+/// that is a protocol violation, not a panic.
+#[test]
+fn a_fresh_outbox_numbers_on_from_the_peer_but_not_near_overflow() {
+    let mut out: Outbox<u8> = Outbox::new(7);
+    out.connected();
+    out.on_resume(resume(5, 7, 57), |_| {}).unwrap();
+    assert_eq!(out.next_number(), 57);
+    let (first, _) = out.send(vec![1], Instant::now());
+    assert_eq!(first, 57);
+
+    let mut out: Outbox<u8> = Outbox::new(7);
+    out.connected();
+    let err = out.on_resume(resume(5, 7, u64::MAX), |_| {}).unwrap_err();
+    assert!(matches!(err, AckError::BeyondSent { .. }));
+}
