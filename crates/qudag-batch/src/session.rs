@@ -263,15 +263,8 @@ impl<M> Outbox<M> {
             // was forgotten (all of it acknowledged or handed back) while the
             // peer kept its state. Nothing here was written yet (nothing is
             // before the first RESUME), so number on from where the peer is;
-            // numbers from 0 would be dropped as duplicates. A bound no
-            // honest peer reaches keeps the numbers far from overflowing.
-            if resume.next - self.acked > RENUMBER_MAX - self.next.min(RENUMBER_MAX) {
-                return Err(AckError::BeyondSent {
-                    ack: resume.next,
-                    next: self.next,
-                });
-            }
-            self.renumber_from(resume.next);
+            // numbers from 0 would be dropped as duplicates.
+            self.renumber_from(resume.next)?;
         }
         if !lost && about_us && resume.next > self.next {
             return Err(AckError::BeyondSent {
@@ -297,14 +290,25 @@ impl<M> Outbox<M> {
     }
 
     /// Moves every number not yet acknowledged up so that the first of them
-    /// is `from`. Only for messages never written.
-    fn renumber_from(&mut self, from: u64) {
+    /// is `from` (above `acked`). Only for messages never written. A `from`
+    /// that would take our numbering past [`RENUMBER_MAX`] (no honest peer
+    /// gets there) is refused, so a hostile one cannot make it overflow.
+    fn renumber_from(&mut self, from: u64) -> Result<(), AckError> {
         let shift = from - self.acked;
+        let next = self
+            .next
+            .checked_add(shift)
+            .filter(|&n| n <= RENUMBER_MAX)
+            .ok_or(AckError::BeyondSent {
+                ack: from,
+                next: self.next,
+            })?;
         for entry in &mut self.window {
             entry.first += shift;
         }
-        self.next += shift;
+        self.next = next;
         self.acked = from;
+        Ok(())
     }
 
     /// Takes an acknowledgement: every message below `next` was delivered.
