@@ -1,7 +1,8 @@
 //! Protocol versions: a peer that speaks only `qudag/1` (the version before
-//! peer sessions) is refused during the TLS handshake, in both directions,
-//! with TLS alert `no_application_protocol` (QUIC error 0x178), before any
-//! frame is exchanged (docs/PROTOCOL.md §10).
+//! peer sessions) or `qudag/2` (before the listener's hello) is refused
+//! during the TLS handshake, in both directions, with TLS alert
+//! `no_application_protocol` (QUIC error 0x178), before any frame is
+//! exchanged (docs/PROTOCOL.md §10).
 
 use std::time::Duration;
 
@@ -11,15 +12,24 @@ use qudag_net::{ManagerConfig, NetError, PeerAddr, PeerId, QuicConfig, Transport
 /// TLS alert `no_application_protocol` (RFC 8446 §6.2).
 const NO_APPLICATION_PROTOCOL: u8 = 120;
 
+/// The versions before this one.
+const OLD: [&[u8]; 2] = [b"qudag/1", b"qudag/2"];
+
 #[tokio::test]
-async fn a_qudag_1_dialer_is_refused_during_the_handshake() {
+async fn an_older_dialer_is_refused_during_the_handshake() {
+    for alpn in OLD {
+        an_older_dialer_is_refused(alpn).await;
+    }
+}
+
+async fn an_older_dialer_is_refused(alpn: &[u8]) {
     let (mgr, addr) = quic_manager(ManagerConfig::default(), QuicConfig::default()).unwrap();
-    let old = raw_client_alpn(0, 1, b"qudag/1").unwrap();
+    let old = raw_client_alpn(0, 1, alpn).unwrap();
     let attempt = old.connect(addr.addr, "qudag").unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), attempt)
         .await
         .expect("refused at once")
-        .expect_err("a qudag/1 dialer is refused");
+        .expect_err("an older dialer is refused");
     match err {
         quinn::ConnectionError::ConnectionClosed(close) => assert_eq!(
             close.error_code,
@@ -33,8 +43,14 @@ async fn a_qudag_1_dialer_is_refused_during_the_handshake() {
 }
 
 #[tokio::test]
-async fn a_qudag_1_listener_is_refused_with_a_clear_error() {
-    let old = raw_server_alpn(1, 1, b"qudag/1").unwrap();
+async fn an_older_listener_is_refused_with_a_clear_error() {
+    for alpn in OLD {
+        an_older_listener_is_refused(alpn).await;
+    }
+}
+
+async fn an_older_listener_is_refused(alpn: &[u8]) {
+    let old = raw_server_alpn(1, 1, alpn).unwrap();
     let to = PeerAddr::new(PeerId::from_bytes([7; 32]), old.local_addr().unwrap());
     let server = old.clone();
     tokio::spawn(async move {
@@ -46,12 +62,12 @@ async fn a_qudag_1_listener_is_refused_with_a_clear_error() {
     let err = mgr
         .connect(to)
         .await
-        .expect_err("a qudag/1 listener is refused");
+        .expect_err("an older listener is refused");
     let NetError::Transport(TransportError::Handshake { detail, .. }) = &err else {
         panic!("expected a handshake error, got {err:?}");
     };
     assert!(
-        detail.contains("protocol version mismatch") && detail.contains("qudag/2"),
+        detail.contains("protocol version mismatch") && detail.contains("qudag/3"),
         "the error names the protocol mismatch: {detail}"
     );
     mgr.shutdown(Duration::ZERO).await;

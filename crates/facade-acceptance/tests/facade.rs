@@ -52,6 +52,9 @@ impl Transport for Counting {
     fn close(&self) {
         self.inner.close();
     }
+    fn set_incarnation(&self, incarnation: u64) {
+        self.inner.set_incarnation(incarnation);
+    }
 }
 
 /// A connection passed through unchanged (where a user would count bytes
@@ -92,6 +95,12 @@ impl Connection for Wrapped {
     }
     async fn closed(&self) -> CloseReason {
         self.0.closed().await
+    }
+    async fn accepted(&self) -> Result<(), TransportError> {
+        self.0.accepted().await
+    }
+    fn peer_incarnation(&self) -> Option<u64> {
+        self.0.peer_incarnation()
     }
 }
 

@@ -55,11 +55,6 @@ use std::time::{Duration, Instant};
 
 use crate::Resume;
 
-/// The highest message number an outbox takes over from a peer's RESUME
-/// (2^62): a hostile `next` near `u64::MAX` must not make our numbering
-/// overflow.
-const RENUMBER_MAX: u64 = 1 << 62;
-
 /// A batch written at least once and not yet acknowledged.
 #[derive(Debug)]
 struct InFlight<M> {
@@ -79,10 +74,12 @@ impl<M> InFlight<M> {
 /// The sending half of a peer session: numbers messages, keeps them until
 /// acknowledged, and resends them on the next connection.
 ///
-/// Call order, per connection: [`connected`](Self::connected); then, while
+/// Call order, per connection: [`connected`](Self::connected); on a
+/// connection we dialed whose listener told its incarnation up front, the
+/// [`on_hello`](Self::on_hello); then, while
 /// [`may_send_new`](Self::may_send_new), [`send`](Self::send) batches; feed
 /// the peer's RESUME to [`on_resume`](Self::on_resume) and its ACKs to
-/// [`ack`](Self::ack); after a RESUME, write what
+/// [`ack`](Self::ack); after the hello or a RESUME, write what
 /// [`poll_resend`](Self::poll_resend) returns until it returns `None`;
 /// finally [`connection_lost`](Self::connection_lost) (or `connected` again
 /// for a replacement).
@@ -92,14 +89,17 @@ impl<M> InFlight<M> {
 /// - a message leaves the window only by an acknowledgement covering it, or
 ///   handed back by [`on_resume`](Self::on_resume) (the peer lost its state)
 ///   or [`take_all`](Self::take_all) (the caller gives up);
-/// - before the peer's RESUME on a connection, only messages never written
-///   before are written on it, so nothing that an earlier incarnation of the
-///   peer may have read is sent to a later one.
+/// - nothing is written on a connection before the peer's incarnation on it
+///   is known (from its hello or its RESUME), and a message written to one
+///   incarnation of the peer is never written to another, so nothing that
+///   an earlier incarnation may have read reaches a later one.
 #[derive(Debug)]
 pub struct Outbox<M> {
     incarnation: u64,
-    /// The peer's incarnation, from its last RESUME.
+    /// The peer's incarnation, from its last hello or RESUME.
     peer: Option<u64>,
+    /// The incarnation the current connection's hello named, if it had one.
+    hello: Option<u64>,
     /// The number of the next new message.
     next: u64,
     /// Every message below this was acknowledged.
@@ -136,19 +136,40 @@ pub enum AckError {
         /// The number of messages sent so far.
         next: u64,
     },
-    /// A RESUME frame with incarnation 0 (reserved for "none").
+    /// A RESUME frame (or hello) with incarnation 0 (reserved for "none").
     #[error("resume frame with incarnation 0")]
     ZeroIncarnation,
+    /// The peer's RESUME names another incarnation than the hello on the
+    /// same connection.
+    #[error("resume frame of incarnation {resume} on a connection whose hello said {hello}")]
+    HelloMismatch {
+        /// The incarnation of the connection's hello.
+        hello: u64,
+        /// The incarnation of its RESUME.
+        resume: u64,
+    },
 }
 
 impl<M> Outbox<M> {
-    /// An empty outbox for this node's `incarnation` (never 0), with no connection.
+    /// An empty outbox for this node's `incarnation` (never 0), with no
+    /// connection, numbering from 0.
     pub fn new(incarnation: u64) -> Self {
+        Self::starting_at(incarnation, 0)
+    }
+
+    /// An empty outbox numbering from `first`: for a peer that this
+    /// incarnation met before and forgot, `first` must be at least every
+    /// number an earlier outbox of this incarnation gave out (the manager
+    /// keeps that floor), since the peer may still remember them and would
+    /// drop new messages under those numbers as duplicates. Receivers
+    /// accept a session that starts above 0.
+    pub fn starting_at(incarnation: u64, first: u64) -> Self {
         Self {
             incarnation,
             peer: None,
-            next: 0,
-            acked: 0,
+            hello: None,
+            next: first,
+            acked: first,
             window: VecDeque::new(),
             stale: 0,
             live: false,
@@ -162,6 +183,7 @@ impl<M> Outbox<M> {
     pub fn connected(&mut self) {
         self.live = true;
         self.synced = false;
+        self.hello = None;
         self.stale = self.window.len();
     }
 
@@ -169,20 +191,73 @@ impl<M> Outbox<M> {
     pub fn connection_lost(&mut self) {
         self.live = false;
         self.synced = false;
+        self.hello = None;
         self.stale = self.window.len();
     }
 
-    /// Whether a new batch may be written now: there is a connection, the
-    /// peer's RESUME arrived on it, and nothing older waits to be resent.
+    /// Takes the hello of the current connection: the listener we dialed
+    /// told its `incarnation` before anything was written on it (QUIC
+    /// transport: in its half-round-trip data). Writing may start at once,
+    /// without waiting for its RESUME: the whole window is resent if the
+    /// peer is the incarnation we wrote to before (it drops what it
+    /// delivered) or if nothing was ever written. If it is another
+    /// incarnation, the peer restarted: what was written on earlier
+    /// connections is handed back (as [`on_resume`](Self::on_resume) does),
+    /// and new messages follow.
     ///
-    /// Not before that RESUME, even to a peer met before: the peer may have
-    /// restarted since, and batches written "blind" would reach its new
-    /// incarnation while this side still counts them as written to the old
-    /// one. Found by the 32-node testnet: such a batch, lost with a replaced
-    /// connection, came back as `PeerRestarted` while the next one was
-    /// delivered to the new incarnation after a hole.
+    /// Call right after [`connected`](Self::connected), before anything is
+    /// written on the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`AckError::ZeroIncarnation`]: a protocol violation, close the connection.
+    pub fn on_hello(&mut self, incarnation: u64) -> Result<ResumeOutcome<M>, AckError> {
+        if incarnation == 0 {
+            return Err(AckError::ZeroIncarnation);
+        }
+        let outcome = self.learn(incarnation);
+        self.hello = Some(incarnation);
+        Ok(outcome)
+    }
+
+    /// The peer's incarnation on the current connection is `incarnation`:
+    /// if it is not the one we wrote to, hands back what waits to be resent.
+    fn learn(&mut self, incarnation: u64) -> ResumeOutcome<M> {
+        // A different incarnation than the one we wrote to: the peer restarted
+        // and lost what it had. (Without one known, nothing was written yet.)
+        let lost = self.peer.is_some_and(|p| p != incarnation);
+        self.peer = Some(incarnation);
+        let mut handed_back = Vec::new();
+        if lost {
+            let keep = self.window.len() - self.stale;
+            for entry in self.window.drain(keep..) {
+                handed_back.extend(entry.msgs);
+            }
+            self.stale = 0;
+            // What the peer acknowledges from now on counts from what is left.
+            self.acked = self.window.front().map_or(self.next, |e| e.first);
+        }
+        ResumeOutcome { lost, handed_back }
+    }
+
+    /// Whether the peer's incarnation on the current connection is known
+    /// (its hello or RESUME), so that writing may start.
+    fn may_write(&self) -> bool {
+        self.live && (self.synced || self.hello.is_some())
+    }
+
+    /// Whether a new batch may be written now: there is a connection, the
+    /// peer's incarnation on it is known (its hello or RESUME arrived), and
+    /// nothing older waits to be resent.
+    ///
+    /// Never "blind", even to a peer met before: the peer may have restarted
+    /// since, and batches written without knowing its incarnation would
+    /// reach its new incarnation while this side still counts them as
+    /// written to the old one. Found by the 32-node testnet: such a batch,
+    /// lost with a replaced connection, came back as `PeerRestarted` while
+    /// the next one was delivered to the new incarnation after a hole.
     pub fn may_send_new(&self) -> bool {
-        self.live && self.synced && self.stale == 0
+        self.may_write() && self.stale == 0
     }
 
     /// Whether the peer's RESUME arrived on the current connection.
@@ -211,9 +286,9 @@ impl<M> Outbox<M> {
     }
 
     /// The next batch to resend on the current connection, after the peer's
-    /// RESUME, oldest first; marks it written at `now`.
+    /// hello or RESUME, oldest first; marks it written at `now`.
     pub fn poll_resend(&mut self, now: Instant) -> Option<(u64, &[M])> {
-        if !self.live || !self.synced || self.stale == 0 {
+        if !self.may_write() || self.stale == 0 {
             return None;
         }
         let i = self.window.len() - self.stale;
@@ -234,15 +309,15 @@ impl<M> Outbox<M> {
     /// A peer that forgot us without restarting (`known` is not our
     /// incarnation) is resent the window like one that remembers: that is
     /// exactly-once only if it forgets a sender no earlier than the sender
-    /// gives up on it (see `docs/PROTOCOL.md` §6). The other way round, an
-    /// outbox that never heard from the peer but is told the peer delivered
-    /// messages of our incarnation (we forgot the peer, it did not forget us)
-    /// numbers on from there.
+    /// gives up on it (see `docs/PROTOCOL.md` §6). The other way round (we
+    /// forgot the peer, it still remembers what it delivered of ours), the
+    /// manager's numbering floor ([`starting_at`](Self::starting_at)) keeps
+    /// new numbers above the peer's.
     ///
     /// # Errors
     ///
-    /// [`AckError::ZeroIncarnation`] or [`AckError::BeyondSent`]: a protocol
-    /// violation, close the connection.
+    /// [`AckError::ZeroIncarnation`], [`AckError::HelloMismatch`] or
+    /// [`AckError::BeyondSent`]: a protocol violation, close the connection.
     pub fn on_resume(
         &mut self,
         resume: Resume,
@@ -251,64 +326,28 @@ impl<M> Outbox<M> {
         if resume.incarnation == 0 {
             return Err(AckError::ZeroIncarnation);
         }
-        // A different incarnation than the one we wrote to: the peer restarted
-        // and lost what it had. (Without one known, nothing was written yet.)
-        let lost = self.peer.is_some_and(|p| p != resume.incarnation);
+        if let Some(hello) = self.hello.filter(|&h| h != resume.incarnation) {
+            return Err(AckError::HelloMismatch {
+                hello,
+                resume: resume.incarnation,
+            });
+        }
         // `next` is an acknowledgement only if it is about our incarnation; a
         // RESUME written before the peer read ours says nothing of it.
         let about_us = resume.known == self.incarnation;
-        if self.peer.is_none() && about_us && resume.next > self.acked {
-            // This outbox never heard from the peer, yet the peer delivered
-            // messages of our incarnation: an earlier outbox of ours for it
-            // was forgotten (all of it acknowledged or handed back) while the
-            // peer kept its state. Nothing here was written yet (nothing is
-            // before the first RESUME), so number on from where the peer is;
-            // numbers from 0 would be dropped as duplicates.
-            self.renumber_from(resume.next)?;
-        }
+        let lost = self.peer.is_some_and(|p| p != resume.incarnation);
         if !lost && about_us && resume.next > self.next {
             return Err(AckError::BeyondSent {
                 ack: resume.next,
                 next: self.next,
             });
         }
-        self.peer = Some(resume.incarnation);
+        let outcome = self.learn(resume.incarnation);
         self.synced = true;
-        let mut handed_back = Vec::new();
-        if lost {
-            let keep = self.window.len() - self.stale;
-            for entry in self.window.drain(keep..) {
-                handed_back.extend(entry.msgs);
-            }
-            self.stale = 0;
-            // What the peer acknowledges from now on counts from what is left.
-            self.acked = self.window.front().map_or(self.next, |e| e.first);
-        } else if about_us {
+        if !outcome.lost && about_us {
             self.ack(resume.next, acked)?;
         }
-        Ok(ResumeOutcome { lost, handed_back })
-    }
-
-    /// Moves every number not yet acknowledged up so that the first of them
-    /// is `from` (above `acked`). Only for messages never written. A `from`
-    /// that would take our numbering past [`RENUMBER_MAX`] (no honest peer
-    /// gets there) is refused, so a hostile one cannot make it overflow.
-    fn renumber_from(&mut self, from: u64) -> Result<(), AckError> {
-        let shift = from - self.acked;
-        let next = self
-            .next
-            .checked_add(shift)
-            .filter(|&n| n <= RENUMBER_MAX)
-            .ok_or(AckError::BeyondSent {
-                ack: from,
-                next: self.next,
-            })?;
-        for entry in &mut self.window {
-            entry.first += shift;
-        }
-        self.next = next;
-        self.acked = from;
-        Ok(())
+        Ok(outcome)
     }
 
     /// Takes an acknowledgement: every message below `next` was delivered.

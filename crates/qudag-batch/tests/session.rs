@@ -29,13 +29,16 @@ enum Op {
     Cut,
     /// A new connection replaces the current one (a redial, a heal, or the
     /// winner of a simultaneous dial); `listener_first` picks whose RESUME is
-    /// written before it reads the other's.
-    Reconnect { listener_first: bool },
+    /// written before it reads the other's. With `hello`, the sender dialed
+    /// and the receiver's transport told its incarnation up front (QUIC's
+    /// half-round-trip hello): the sender may write before the RESUME.
+    Reconnect { listener_first: bool, hello: bool },
     /// The receiver restarts with a new incarnation (its connection dies).
     RestartReceiver,
     /// The sender forgets the receiver (its connection is gone and nothing
     /// waits: the manager's `peer_idle_timeout`) while the receiver keeps its
-    /// state; the sender's next outbox starts fresh.
+    /// state; the sender's next outbox starts fresh, numbering from the
+    /// manager-wide floor (the highest number any earlier outbox reached).
     ForgetReceiver,
 }
 
@@ -49,7 +52,8 @@ fn op(restarts: bool) -> impl Strategy<Value = Op> {
         4 => Just(Op::SenderRecv),
         1 => Just(Op::LoseAck),
         1 => Just(Op::Cut),
-        1 => any::<bool>().prop_map(|listener_first| Op::Reconnect { listener_first }),
+        1 => any::<(bool, bool)>()
+            .prop_map(|(listener_first, hello)| Op::Reconnect { listener_first, hello }),
         restart_weight => Just(Op::RestartReceiver),
         1 => Just(Op::ForgetReceiver),
     ]
@@ -83,6 +87,8 @@ struct World {
     old: VecDeque<VecDeque<ToReceiver>>,
     r2s: Option<VecDeque<ToSender>>,
     lose_ack: bool,
+    /// The manager's numbering floor: where a fresh outbox starts.
+    floor: u64,
     now: Instant,
 }
 
@@ -103,6 +109,7 @@ impl World {
             old: VecDeque::new(),
             r2s: None,
             lose_ack: false,
+            floor: 0,
             now: Instant::now(),
         }
     }
@@ -204,7 +211,10 @@ impl World {
                     self.out.connection_lost();
                 }
             }
-            Op::Reconnect { listener_first } => {
+            Op::Reconnect {
+                listener_first,
+                hello,
+            } => {
                 let mut s2r = VecDeque::new();
                 let mut r2s = VecDeque::new();
                 s2r.push_back(ToReceiver::Resume(Resume {
@@ -226,12 +236,17 @@ impl World {
                 }
                 self.r2s = Some(r2s);
                 self.out.connected();
+                if hello {
+                    let outcome = self.out.on_hello(self.receiver_inc)?;
+                    self.handed_back.extend(outcome.handed_back);
+                }
             }
             Op::ForgetReceiver => {
                 if self.out.is_empty() && self.pending.is_empty() {
                     self.apply(Op::Cut)?;
                     self.old.clear();
-                    self.out = Outbox::new(self.sender_inc);
+                    self.floor = self.floor.max(self.out.next_number());
+                    self.out = Outbox::starting_at(self.sender_inc, self.floor);
                 }
             }
             Op::RestartReceiver => {
@@ -249,6 +264,7 @@ impl World {
     fn settle(&mut self) -> Result<(), AckError> {
         self.apply(Op::Reconnect {
             listener_first: false,
+            hello: true,
         })?;
         for _ in 0..1_000 {
             self.apply(Op::Flush)?;
@@ -269,6 +285,7 @@ impl World {
                 // ACK. Its ack timeout closes the connection; it redials.
                 self.apply(Op::Reconnect {
                     listener_first: false,
+                    hello: false,
                 })?;
             }
         }
@@ -279,8 +296,9 @@ impl World {
 /// Checks what holds in every run: per receiver incarnation, ids are
 /// delivered in order without repeats and without holes (an incarnation may
 /// start anywhere, but once it delivered an id it gets the next one next);
-/// every acknowledged id was delivered; acknowledged and handed back never
-/// overlap.
+/// no id reaches two incarnations (what an incarnation may have read is
+/// handed back, never resent to its successor); every acknowledged id was
+/// delivered; acknowledged and handed back never overlap.
 fn check_common(w: &World) {
     let mut last: Option<(u64, u64)> = None;
     for &(inc, id) in &w.delivered {
@@ -292,6 +310,12 @@ fn check_common(w: &World) {
         last = Some((inc, id));
     }
     let delivered: std::collections::HashSet<u64> = w.delivered.iter().map(|&(_, id)| id).collect();
+    assert_eq!(
+        delivered.len(),
+        w.delivered.len(),
+        "an id delivered twice: {:?}",
+        w.delivered
+    );
     for id in &w.acked {
         assert!(
             delivered.contains(id),
@@ -309,6 +333,7 @@ fn run(ops: Vec<Op>) -> World {
     let mut w = World::new();
     w.apply(Op::Reconnect {
         listener_first: true,
+        hello: false,
     })
     .unwrap();
     for op in ops {
@@ -544,20 +569,79 @@ proptest! {
     }
 }
 
-/// A fresh outbox takes over a peer's `next` (it forgot the peer, the peer did
-/// not forget it), but not one so high that its own numbering could overflow:
-/// that is a protocol violation, not a panic.
+/// A fresh outbox for a peer this incarnation met before starts at the
+/// manager's floor: the peer may still remember the numbers below it. A
+/// RESUME that says the peer has more than this incarnation ever sent (a
+/// hostile `next`, up to `u64::MAX`) is a protocol violation, not a panic.
 #[test]
-fn a_fresh_outbox_numbers_on_from_the_peer_but_not_near_overflow() {
-    let mut out: Outbox<u8> = Outbox::new(7);
+fn a_fresh_outbox_numbers_from_the_floor_and_refuses_a_resume_beyond_it() {
+    let mut out: Outbox<u8> = Outbox::starting_at(7, 57);
     out.connected();
     out.on_resume(resume(5, 7, 57), |_| {}).unwrap();
-    assert_eq!(out.next_number(), 57);
     let (first, _) = out.send(vec![1], Instant::now());
     assert_eq!(first, 57);
+    assert_eq!(out.ack(58, |_| {}), Ok(1));
 
-    let mut out: Outbox<u8> = Outbox::new(7);
+    for next in [59, u64::MAX] {
+        let mut out: Outbox<u8> = Outbox::starting_at(7, 58);
+        out.connected();
+        let err = out.on_resume(resume(5, 7, next), |_| {}).unwrap_err();
+        assert_eq!(
+            err,
+            AckError::BeyondSent {
+                ack: next,
+                next: 58
+            }
+        );
+    }
+}
+
+/// The hello of a dialed connection lets writing start before the peer's
+/// RESUME: at once for new messages, with the window resent if the peer is
+/// the incarnation written to before; a different one is a restart (the
+/// window goes back); a RESUME that contradicts the hello is refused.
+#[test]
+fn a_hello_lets_writing_start_before_the_resume() {
+    let now = Instant::now();
+    let mut out = Outbox::new(1);
     out.connected();
-    let err = out.on_resume(resume(5, 7, u64::MAX), |_| {}).unwrap_err();
-    assert!(matches!(err, AckError::BeyondSent { .. }));
+    // First contact: a message queued before the connection goes at once.
+    out.send(vec![10], now);
+    assert!(!out.may_send_new());
+    let outcome = out.on_hello(5).unwrap();
+    assert!(!outcome.lost);
+    assert_eq!(out.poll_resend(now), Some((0, &[10][..])));
+    assert!(out.may_send_new());
+    out.send(vec![11], now);
+    // Its RESUME agrees and acknowledges nothing yet.
+    out.on_resume(resume(5, 0, 0), |_| {}).unwrap();
+
+    // Same incarnation on the next connection: the window is resent at once.
+    out.connection_lost();
+    out.connected();
+    out.on_hello(5).unwrap();
+    assert_eq!(out.poll_resend(now), Some((0, &[10][..])));
+    assert_eq!(out.poll_resend(now), Some((1, &[11][..])));
+    assert!(out.may_send_new());
+    assert_eq!(
+        out.on_resume(resume(6, 1, 0), |_| {}),
+        Err(AckError::HelloMismatch {
+            hello: 5,
+            resume: 6
+        })
+    );
+
+    // Another incarnation: the peer restarted, the window goes back.
+    out.connection_lost();
+    out.connected();
+    let outcome = out.on_hello(6).unwrap();
+    assert!(outcome.lost);
+    assert_eq!(outcome.handed_back, [10, 11]);
+    assert!(out.may_send_new());
+    let (first, _) = out.send(vec![12], now);
+    assert_eq!(
+        first, 2,
+        "numbers go on; the new incarnation takes the skip"
+    );
+    assert_eq!(out.on_hello(0).unwrap_err(), AckError::ZeroIncarnation);
 }

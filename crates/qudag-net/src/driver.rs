@@ -177,7 +177,12 @@ impl Driver {
             sent: std::sync::atomic::AtomicBool::new(false),
         });
         let driver = Driver {
-            outbox: Outbox::new(shared.incarnation),
+            outbox: Outbox::starting_at(
+                shared.incarnation,
+                shared
+                    .number_floor
+                    .load(std::sync::atomic::Ordering::Acquire),
+            ),
             batcher: Batcher::new(shared.config.batch.clone()),
             shared,
             peer: peer.clone(),
@@ -305,6 +310,11 @@ impl Driver {
     async fn retire(&mut self) {
         let id = self.peer.id;
         let me = &self.peer;
+        // Before a successor can exist: it numbers from the floor.
+        self.shared.number_floor.fetch_max(
+            self.outbox.next_number(),
+            std::sync::atomic::Ordering::AcqRel,
+        );
         self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
         self.rx.close();
         self.ctl.close();
@@ -614,8 +624,22 @@ impl Driver {
         for waiter in self.connect_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
+        let hello = match how {
+            OpenKind::Dialed => session.handle.conn.peer_incarnation(),
+            _ => None,
+        };
         self.session = Some(session);
         self.outbox.connected();
+        // The listener told its incarnation up front: writing starts now,
+        // not a round trip later with its RESUME.
+        if let Some(Ok(outcome)) = hello.map(|inc| self.outbox.on_hello(inc)) {
+            if outcome.lost {
+                tracing::debug!(peer = %self.peer.id, "peer restarted (hello)");
+            }
+            if !outcome.handed_back.is_empty() {
+                self.hand_back(outcome.handed_back, UndeliveredReason::PeerRestarted, true);
+            }
+        }
         self.idle = false;
         self.next_redial = None;
         if how != OpenKind::Dialed {

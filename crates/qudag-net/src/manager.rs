@@ -32,6 +32,11 @@ pub(crate) struct Shared {
     pub(crate) local: PeerId,
     /// This manager's incarnation: random, fresh at each start, never 0.
     pub(crate) incarnation: u64,
+    /// The numbering floor: the highest message number any retired peer
+    /// driver's outbox reached. A new driver's outbox numbers from here, so
+    /// a peer that still remembers what it delivered of this incarnation
+    /// never takes new messages for duplicates (`Outbox::starting_at`).
+    pub(crate) number_floor: std::sync::atomic::AtomicU64,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: ManagerConfig,
     /// Looked up on every send. Keyed like the pool (see `qudag_pool::Pool`):
@@ -333,9 +338,14 @@ impl ConnectionManager {
         };
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity);
         let events = EventQueue::new(config.event_capacity);
+        let incarnation = new_incarnation();
+        // Dialers learn it from the transport up front (QUIC: the
+        // listener's hello), so their first batch need not wait a round trip.
+        transport.set_incarnation(incarnation);
         let shared = Arc::new(Shared {
             local: transport.local_peer(),
-            incarnation: new_incarnation(),
+            incarnation,
+            number_floor: std::sync::atomic::AtomicU64::new(0),
             pool: Pool::new(&config.pool),
             limiter: Limiter::new(&config.pool),
             backoff: Backoff::new(config.backoff.clone()),
@@ -397,6 +407,31 @@ impl ConnectionManager {
             return rx.await.map_err(|_| NetError::Shutdown)?;
         }
         Err(NetError::Shutdown)
+    }
+
+    /// Remembers `to`'s address without dialing: the first
+    /// [`send`](Self::send) to the peer dials it on demand (as after a
+    /// `connect` whose connection has since gone). That is the fastest first
+    /// message: over QUIC the listener tells its incarnation with its
+    /// handshake flight, so the first batch leaves with the dialer's last
+    /// handshake flight, while [`connect`](Self::connect) waits one more
+    /// round trip to learn whether the listener accepted. A refusal then
+    /// counts as a failed dial, and past `max_failed_dials` or
+    /// `unreachable_after` the messages come back as
+    /// [`Event::Undelivered`](crate::Event::Undelivered).
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::Shutdown`] once shutdown began.
+    pub fn add_peer(&self, to: PeerAddr) -> Result<(), NetError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        self.shared.addrs.insert(to.peer, to.addr);
+        if let Some(p) = self.known(&to.peer) {
+            *p.addr.lock() = Some(to.addr);
+        }
+        Ok(())
     }
 
     /// Returns the peer's connection to the pool: it stays open and is reused

@@ -775,3 +775,89 @@ async fn send_many_errors_hand_back_every_unsent_message_in_order() {
     assert_eq!(err.unsent, msgs(20..25));
     assert!(handed_back(&mut a.events).is_empty());
 }
+
+/// Reads frames from `reader` until one is decoded; `None` at the end of the
+/// stream or when the connection closes.
+async fn next_frame(
+    reader: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    decoder: &mut qudag_batch::FrameDecoder,
+    buf: &mut bytes::BytesMut,
+) -> Option<qudag_batch::Frame> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(frame) = decoder.decode(buf).expect("the manager's frames decode") {
+            return Some(frame);
+        }
+        if reader.read_buf(buf).await.unwrap_or(0) == 0 {
+            return None;
+        }
+    }
+}
+
+/// Over a transport that carries the listener's hello (its incarnation,
+/// known when `dial` returns), the dialer's first batch follows its own
+/// RESUME at once: it does not wait a round trip for the listener's RESUME.
+/// A raw listener that writes nothing at all receives it. When that
+/// listener comes back as another incarnation, the hello alone tells the
+/// dialer so: the unacknowledged message goes back as `PeerRestarted`
+/// (maybe delivered), before any RESUME, and is not written to the new
+/// incarnation.
+#[tokio::test(start_paused = true)]
+async fn with_the_listeners_hello_the_first_batch_does_not_wait_for_its_resume() {
+    use qudag_batch::{CodecLimits, Frame, FrameDecoder};
+    use qudag_net::Transport;
+    const GUARD: Duration = Duration::from_secs(20);
+
+    let net = MemoryNetwork::new();
+    let mut a = node(&net, "a");
+    let id = PeerId::from_public_key(b"raw listener");
+    let raw = net.bind(id);
+    raw.set_incarnation(5);
+    let to = PeerAddr::new(id, raw.local_addr());
+    a.mgr.connect(to).await.unwrap();
+    a.mgr.send(&id, msg(0)).await.unwrap();
+
+    let conn = raw.accept().await.unwrap();
+    let (_w, mut r) = conn.open_stream().await.unwrap();
+    let mut decoder = FrameDecoder::new(CodecLimits::default());
+    let mut buf = bytes::BytesMut::new();
+    let (resume, batch) = support::guard("the first batch, without our RESUME", GUARD, async {
+        let resume = next_frame(&mut *r, &mut decoder, &mut buf).await;
+        let batch = next_frame(&mut *r, &mut decoder, &mut buf).await;
+        (resume, batch)
+    })
+    .await;
+    assert!(matches!(resume, Some(Frame::Resume(_))), "{resume:?}");
+    let Some(Frame::Batch(batch)) = batch else {
+        panic!("expected the batch, got {batch:?}");
+    };
+    assert_eq!(batch.first(), 0);
+
+    // The listener "restarts": the connection goes, its hello changes.
+    raw.set_incarnation(6);
+    conn.close(0, b"restart");
+    drop((conn, _w, r));
+    let conn = support::guard("the redial", GUARD, raw.accept())
+        .await
+        .unwrap();
+    let (_w, mut r) = conn.open_stream().await.unwrap();
+    let mut decoder = FrameDecoder::new(CodecLimits::default());
+    let mut buf = bytes::BytesMut::new();
+    let resume = support::guard("the dialer's RESUME", GUARD, async {
+        next_frame(&mut *r, &mut decoder, &mut buf).await
+    })
+    .await;
+    assert!(matches!(resume, Some(Frame::Resume(_))), "{resume:?}");
+    // The hello was taken before that RESUME was written.
+    assert_eq!(
+        handed_back(&mut a.events),
+        vec![(msg(0), true, UndeliveredReason::PeerRestarted)]
+    );
+    // Nothing follows on the new connection: the message is not resent.
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    let rest = support::guard("the end of the stream", GUARD, async {
+        next_frame(&mut *r, &mut decoder, &mut buf).await
+    })
+    .await;
+    assert!(rest.is_none(), "{rest:?}");
+}

@@ -217,3 +217,36 @@ async fn a_refusing_listener_is_a_connect_error_and_failed_dials_for_send() {
     a.mgr.shutdown(Duration::from_secs(1)).await;
     b.mgr.shutdown(Duration::from_secs(1)).await;
 }
+
+/// `add_peer` remembers an address without dialing; the first `send` dials
+/// on demand and is delivered, in order with what follows, and both
+/// directions work on that connection. Without `add_peer` (or `connect`)
+/// the peer is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_peer_then_send_dials_on_demand_over_quic() {
+    let mut a = quic_node(ManagerConfig::default());
+    let mut b = quic_node(ManagerConfig::default());
+    let err = a.mgr.send(&b.addr.peer, msg(0)).await.unwrap_err();
+    assert!(
+        matches!(err, qudag_net::SendError::UnknownPeer { .. }),
+        "{err:?}"
+    );
+    a.mgr.add_peer(b.addr).unwrap();
+    assert_eq!(a.mgr.open_connections(), 0, "add_peer does not dial");
+    for i in 0..10 {
+        a.mgr.send(&b.addr.peer, msg(i)).await.unwrap();
+    }
+    let got = recv_n(&mut b.incoming, a.addr.peer, 10).await;
+    assert!(got.iter().map(|m| index(m)).eq(0..10));
+    b.mgr.send(&a.addr.peer, msg(99)).await.unwrap();
+    let back = recv_n(&mut a.incoming, b.addr.peer, 1).await;
+    assert_eq!(index(&back[0]), 99);
+    a.mgr.shutdown(Duration::from_secs(5)).await;
+    b.mgr.shutdown(Duration::from_secs(5)).await;
+    assert!(handed_back(&mut a.events).is_empty());
+    let snap = a.mgr.metrics_snapshot();
+    assert_eq!(snap.messages_acked, 10);
+    assert_eq!(snap.errors.total(), 0);
+    a.mgr.shutdown(Duration::from_secs(1)).await;
+    assert!(matches!(a.mgr.add_peer(b.addr), Err(NetError::Shutdown)));
+}

@@ -145,6 +145,9 @@ impl qudag_net::Transport for Gate {
     fn close(&self) {
         self.inner.close();
     }
+    fn set_incarnation(&self, incarnation: u64) {
+        self.inner.set_incarnation(incarnation);
+    }
 }
 
 support::wrap_connection!(SlowOpen, |this| {

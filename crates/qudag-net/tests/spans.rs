@@ -213,6 +213,9 @@ impl Transport for BadPreamble {
     fn close(&self) {
         self.0.close();
     }
+    fn set_incarnation(&self, incarnation: u64) {
+        self.0.set_incarnation(incarnation);
+    }
 }
 
 support::wrap_connection!(BadStream, |this| {

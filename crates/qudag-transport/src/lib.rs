@@ -126,6 +126,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     async fn accept(&self) -> Result<Arc<dyn Connection>, TransportError>;
     /// Closes the endpoint and all its connections.
     fn close(&self);
+    /// Sets the incarnation (non-zero; 0: none) that this endpoint, as a
+    /// listener, tells every dialer up front: the dialer's
+    /// [`Connection::peer_incarnation`]. The connection manager sets its
+    /// own, so that a dialer may write its first batch without waiting a
+    /// round trip for the listener's RESUME (`docs/PROTOCOL.md` §6). The
+    /// default ignores it: a transport that cannot carry it leaves
+    /// `peer_incarnation` at `None`, and the dialer waits for the RESUME.
+    fn set_incarnation(&self, _incarnation: u64) {}
 }
 
 /// One authenticated connection to a peer.
@@ -176,6 +184,14 @@ pub trait Connection: Send + Sync + fmt::Debug + 'static {
     /// decides during `dial`, like [`MemoryTransport`]) is `Ok(())` at once.
     async fn accepted(&self) -> Result<(), TransportError> {
         Ok(())
+    }
+    /// On a dialed connection, the incarnation the listener told before
+    /// anything was written (see [`Transport::set_incarnation`]), known
+    /// when [`Transport::dial`] returns and authenticated as the listener's;
+    /// `None` on a listener's side, if the listener set none, or if the
+    /// transport does not carry it (the default).
+    fn peer_incarnation(&self) -> Option<u64> {
+        None
     }
     /// True while the connection is open.
     fn is_alive(&self) -> bool {

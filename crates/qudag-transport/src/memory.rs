@@ -136,6 +136,7 @@ impl MemoryNetwork {
             closed: AtomicBool::new(false),
             closed_tx: watch::channel(false).0,
             links: Mutex::new(Vec::new()),
+            incarnation: AtomicU64::new(0),
         });
         let mut eps = self.inner.endpoints.lock();
         if eps.contains_key(&addr) {
@@ -218,6 +219,8 @@ struct Endpoint {
     closed: AtomicBool,
     closed_tx: watch::Sender<bool>,
     links: Mutex<Vec<Weak<Link>>>,
+    /// Told to dialers up front ([`Transport::set_incarnation`]); 0: none.
+    incarnation: AtomicU64,
 }
 
 /// Remembers `link` in a list of weak links, first dropping the ones that
@@ -382,6 +385,10 @@ impl Transport for MemoryTransport {
         }
     }
 
+    fn set_incarnation(&self, incarnation: u64) {
+        self.ep.incarnation.store(incarnation, Ordering::Release);
+    }
+
     fn close(&self) {
         if self.ep.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -430,6 +437,8 @@ struct Link {
     listener: PeerId,
     dialer_addr: SocketAddr,
     listener_addr: SocketAddr,
+    /// The listener's incarnation when it was dialed (0: none).
+    listener_incarnation: u64,
     secret: [u8; 32],
     to_listener: Arc<Pipe>,
     to_dialer: Arc<Pipe>,
@@ -455,6 +464,7 @@ impl Link {
             listener: listener.peer,
             dialer_addr: dialer.addr,
             listener_addr: listener.addr,
+            listener_incarnation: listener.incarnation.load(Ordering::Acquire),
             secret,
             to_listener: Arc::new(Pipe::new(cap)),
             to_dialer: Arc::new(Pipe::new(cap)),
@@ -554,6 +564,13 @@ impl Connection for MemoryConnection {
         match self.side {
             Side::Dialer => self.link.listener,
             Side::Listener => self.link.dialer,
+        }
+    }
+
+    fn peer_incarnation(&self) -> Option<u64> {
+        match self.side {
+            Side::Dialer => Some(self.link.listener_incarnation).filter(|&i| i != 0),
+            Side::Listener => None,
         }
     }
 

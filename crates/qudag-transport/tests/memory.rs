@@ -67,6 +67,22 @@ async fn exchange_both_ways() {
     assert_eq!(net.live_connections(), 1);
 }
 
+/// The listener's incarnation, as set when it was dialed, reaches the dialer.
+#[tokio::test]
+async fn the_listeners_incarnation_reaches_the_dialer() {
+    let net = MemoryNetwork::new();
+    let (a, b) = (net.bind(peer("a")), net.bind(peer("b")));
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!((d.peer_incarnation(), l.peer_incarnation()), (None, None));
+    b.set_incarnation(9);
+    a.set_incarnation(8);
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!(
+        (d.peer_incarnation(), l.peer_incarnation()),
+        (Some(9), None)
+    );
+}
+
 #[tokio::test]
 async fn unknown_address_is_unreachable() {
     let net = MemoryNetwork::new();

@@ -143,6 +143,7 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
     let mut config = QuicConfig::default();
     config.allow_list(Some(vec![friend.id.peer_id()]));
     let host = Node::new(config);
+    host.t.set_incarnation(77);
 
     // The stranger's side of the handshake completes (a QUIC client
     // finishes before the server checked its certificate): `dial` returns,
@@ -151,6 +152,9 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
         .await
         .expect("guard")
         .expect("the dialer's side completes");
+    // The hello was sent before the listener checked the dialer (0.5-RTT
+    // data, with its handshake flight): the refused dialer has it too.
+    assert_eq!(conn.peer_incarnation(), Some(77));
     let err = timeout(GUARD, conn.accepted())
         .await
         .expect("guard")
@@ -176,6 +180,34 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
     host.t.set_allow_list(None::<Vec<PeerId>>);
     let (_d, l) = connect(&stranger, &host).await;
     assert_eq!(l.peer(), stranger.id.peer_id());
+}
+
+/// The listener's incarnation reaches the dialer with the handshake (its
+/// hello), so `dial` returns knowing it; the listener side knows none, and a
+/// listener that set none tells none.
+#[tokio::test]
+async fn the_listeners_hello_tells_the_dialer_its_incarnation() {
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!((d.peer_incarnation(), l.peer_incarnation()), (None, None));
+    timeout(GUARD, d.accepted())
+        .await
+        .expect("guard")
+        .expect("accepted");
+
+    b.t.set_incarnation(0x0102_0304_0506_0708);
+    let (d, l) = connect(&a, &b).await;
+    assert_eq!(d.peer_incarnation(), Some(0x0102_0304_0506_0708));
+    assert_eq!(l.peer_incarnation(), None);
+    // The acceptance byte follows the hello on the same stream.
+    timeout(GUARD, d.accepted())
+        .await
+        .expect("guard")
+        .expect("accepted");
+    assert!(d.is_alive());
 }
 
 #[tokio::test]

@@ -275,6 +275,12 @@ macro_rules! wrap_connection {
             async fn closed(&self) -> qudag_net::CloseReason {
                 self.0.closed().await
             }
+            async fn accepted(&self) -> Result<(), qudag_net::TransportError> {
+                self.0.accepted().await
+            }
+            fn peer_incarnation(&self) -> Option<u64> {
+                self.0.peer_incarnation()
+            }
         }
     };
 }

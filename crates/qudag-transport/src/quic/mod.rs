@@ -6,15 +6,24 @@
 //! and refuse a listener whose `PeerId` is not the one dialed
 //! ([`TransportError::PeerIdMismatch`]) or, with an allow-list, a dialer not on
 //! it ([`TransportError::Denied`] on the dialer; the listener's `accept`
-//! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/2`). Only TLS
-//! 1.3, no session resumption, no 0-RTT: every connection runs a full
-//! handshake, so its exported keys are fresh.
+//! never sees the refused attempt). ALPN is [`ALPN`] (`qudag/3`). Only TLS
+//! 1.3, no session resumption, no client 0-RTT: every connection runs a full
+//! handshake, so its exported keys are fresh. The listener does send
+//! 0.5-RTT data: its hello (below).
 //!
 //! # Wire protocol
 //!
+//! - **Hello.** As soon as the listener has the dialer's ClientHello, it
+//!   opens one unidirectional stream and writes its incarnation
+//!   ([`Transport::set_incarnation`]; [`HELLO_LEN`] bytes, big-endian, 0 for
+//!   none) as 0.5-RTT data, which leaves with its handshake flight. The
+//!   dialer's [`dial`](Transport::dial) reads it once its own handshake
+//!   completes (no extra round trip) and returns it as
+//!   [`Connection::peer_incarnation`], so that the caller may write before
+//!   the listener's first reply (`docs/PROTOCOL.md` §6, §10).
 //! - **Acceptance.** When the listener's side of the handshake completes (it
-//!   verified the dialer's certificate and allow-list), it opens one
-//!   unidirectional stream, writes the byte [`ACCEPT_BYTE`] (`0x41`) and
+//!   verified the dialer's certificate and allow-list), it writes the byte
+//!   [`ACCEPT_BYTE`] (`0x41`) on the same stream, after the hello, and
 //!   finishes it. A QUIC client finishes its handshake before the server has
 //!   checked the client's certificate, so the dialer's
 //!   [`dial`](Transport::dial) returns at that point (its first bytes can
@@ -99,7 +108,7 @@ mod tls;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,8 +130,11 @@ use crate::{
 use tls::{AllowList, DialVerifier, ListenVerifier, LocalCert, MismatchSlot};
 
 /// The ALPN protocol id: the protocol name and its version.
-pub const ALPN: &[u8] = b"qudag/2";
-/// The byte the listener sends on its acceptance stream.
+pub const ALPN: &[u8] = b"qudag/3";
+/// The length of the listener's hello: its incarnation, 8 bytes big-endian,
+/// first on the acceptance stream.
+pub const HELLO_LEN: usize = 8;
+/// The byte the listener sends on its acceptance stream after the hello.
 pub const ACCEPT_BYTE: u8 = 0x41;
 /// The byte the dialer writes first on the batch stream.
 pub const STREAM_PREAMBLE: u8 = 0x51;
@@ -158,6 +170,8 @@ pub struct QuicTransport {
 struct EndpointShared {
     closed: AtomicBool,
     closed_tx: watch::Sender<bool>,
+    /// The hello: told to every dialer ([`Transport::set_incarnation`]); 0: none.
+    incarnation: AtomicU64,
 }
 
 impl fmt::Debug for QuicTransport {
@@ -277,6 +291,7 @@ impl QuicTransport {
         let shared = Arc::new(EndpointShared {
             closed: AtomicBool::new(false),
             closed_tx: watch::channel(false).0,
+            incarnation: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(config.accept_backlog);
         let admission = Arc::new(Admission {
@@ -352,7 +367,7 @@ impl QuicTransport {
     }
 }
 
-/// The endpoint's client TLS settings: TLS 1.3 only, ALPN `qudag/2`, the
+/// The endpoint's client TLS settings: TLS 1.3 only, ALPN `qudag/3`, the
 /// identity certificate, no resumption, SNI or early data. Each dial clones
 /// it and sets its own [`DialVerifier`].
 fn client_tls(local: &LocalCert) -> Result<rustls::ClientConfig, TransportError> {
@@ -504,11 +519,31 @@ impl Transport for QuicTransport {
             Ok(Err(e)) => return Err(fail(e)),
             Ok(Ok(conn)) => conn,
         };
-        // 3. The listener's acceptance (it checked our certificate and its
-        // allow-list) is read by `accepted`, not here: the caller's first
-        // bytes need not wait for it.
+        // 3. The listener's hello: its incarnation, sent with its handshake
+        // flight (0.5-RTT data), so it is here or about to be.
         let mut c = QuicConnection::new(conn, to.peer, Side::Dialer, self.shared.clone());
         c.acceptance_deadline = Some(deadline);
+        let hello = match tokio::time::timeout_at(deadline, read_hello(&c.conn)).await {
+            Err(_) => Err(Acceptance::Timeout),
+            Ok(r) => r,
+        };
+        match hello {
+            Ok((incarnation, stream)) => {
+                c.peer_incarnation = Some(incarnation).filter(|&i| i != 0);
+                *c.acceptance_stream.lock() = Some(stream);
+            }
+            Err(failure) => {
+                match failure {
+                    Acceptance::Timeout => c.close(0, b"handshake timeout"),
+                    Acceptance::Bad(_) => c.close(0, b"bad acceptance"),
+                    Acceptance::Lost(_) => {}
+                }
+                return Err(c.acceptance_error(&failure));
+            }
+        }
+        // 4. The listener's acceptance (it checked our certificate and its
+        // allow-list) is read by `accepted`, not here: the caller's first
+        // bytes need not wait for it.
         Ok(Arc::new(c))
     }
 
@@ -532,6 +567,12 @@ impl Transport for QuicTransport {
         }
     }
 
+    fn set_incarnation(&self, incarnation: u64) {
+        self.shared
+            .incarnation
+            .store(incarnation, Ordering::Release);
+    }
+
     fn close(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -550,8 +591,25 @@ enum Acceptance {
     Timeout,
 }
 
-async fn read_acceptance(conn: &quinn::Connection) -> Result<(), Acceptance> {
+/// Reads the listener's hello from its acceptance stream: its incarnation,
+/// and the stream, for [`read_acceptance`].
+async fn read_hello(conn: &quinn::Connection) -> Result<(u64, quinn::RecvStream), Acceptance> {
     let mut stream = conn.accept_uni().await.map_err(Acceptance::Lost)?;
+    let mut hello = [0u8; HELLO_LEN];
+    match stream.read_exact(&mut hello).await {
+        Ok(()) => Ok((u64::from_be_bytes(hello), stream)),
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+            Err(Acceptance::Lost(e))
+        }
+        Err(e) => Err(Acceptance::Bad(escaped(format!("acceptance stream: {e}")))),
+    }
+}
+
+/// Reads the acceptance byte that follows the hello.
+async fn read_acceptance(stream: Option<quinn::RecvStream>) -> Result<(), Acceptance> {
+    let Some(mut stream) = stream else {
+        return Err(Acceptance::Bad("acceptance stream already read".into()));
+    };
     let mut byte = [0u8; 1];
     match stream.read_exact(&mut byte).await {
         Ok(()) if byte[0] == ACCEPT_BYTE => Ok(()),
@@ -694,21 +752,42 @@ async fn inbound(
 ) {
     let remote = incoming.remote_address();
     let handshake = async {
-        let conn = incoming.accept()?.await?;
+        // 0.5-RTT: the hello leaves with our handshake flight, before the
+        // dialer is verified (it tells only when this node started).
+        let (conn, done) = match incoming.accept()?.into_0rtt() {
+            Ok((conn, done)) => (conn, Some(done)),
+            // Cannot happen on a server (quinn's contract): then the hello
+            // waits for the handshake.
+            Err(connecting) => (connecting.await?, None),
+        };
+        let lost = |conn: &quinn::Connection| {
+            conn.close_reason()
+                .unwrap_or(ConnectionError::LocallyClosed)
+        };
+        let mut accept = conn.open_uni().await?;
+        let hello = shared.incarnation.load(Ordering::Acquire).to_be_bytes();
+        if accept.write_all(&hello).await.is_err() {
+            return Err(lost(&conn));
+        }
+        // The handshake completes: the dialer's certificate and our
+        // allow-list were checked (a refusal closes the connection).
+        if let Some(done) = done {
+            done.await;
+        }
+        if let Some(e) = conn.close_reason() {
+            return Err(e);
+        }
         let peer = remote_peer(&conn).ok_or_else(|| {
             conn.close(VarInt::from_u32(0), b"no peer identity");
             ConnectionError::LocallyClosed
         })?;
-        let mut accept = conn.open_uni().await?;
         let sent = async {
             accept.write_all(&[ACCEPT_BYTE]).await?;
             accept.finish()?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         };
         if sent.await.is_err() {
-            return Err(conn
-                .close_reason()
-                .unwrap_or(ConnectionError::LocallyClosed));
+            return Err(lost(&conn));
         }
         Ok::<_, ConnectionError>((conn, peer))
     };
@@ -753,6 +832,10 @@ pub struct QuicConnection {
     acceptance_deadline: Option<tokio::time::Instant>,
     /// The listener's acceptance, read once.
     acceptance: tokio::sync::OnceCell<Result<(), Acceptance>>,
+    /// The acceptance stream after the hello, until the acceptance is read.
+    acceptance_stream: Mutex<Option<quinn::RecvStream>>,
+    /// The incarnation of the listener's hello (dialer side, non-zero).
+    peer_incarnation: Option<u64>,
     stream_taken: AtomicBool,
     local_close: Mutex<Option<(u32, Bytes)>>,
     endpoint: Arc<EndpointShared>,
@@ -782,6 +865,8 @@ impl QuicConnection {
             side,
             acceptance_deadline: None,
             acceptance: tokio::sync::OnceCell::new(),
+            acceptance_stream: Mutex::new(None),
+            peer_incarnation: None,
             stream_taken: AtomicBool::new(false),
             local_close: Mutex::new(None),
             endpoint,
@@ -875,7 +960,8 @@ impl Connection for QuicConnection {
         let result = self
             .acceptance
             .get_or_init(|| async {
-                match tokio::time::timeout_at(deadline, read_acceptance(&self.conn)).await {
+                let stream = self.acceptance_stream.lock().take();
+                match tokio::time::timeout_at(deadline, read_acceptance(stream)).await {
                     Ok(r) => r,
                     Err(_) => Err(Acceptance::Timeout),
                 }
@@ -892,6 +978,10 @@ impl Connection for QuicConnection {
                 Err(self.acceptance_error(failure))
             }
         }
+    }
+
+    fn peer_incarnation(&self) -> Option<u64> {
+        self.peer_incarnation
     }
 
     async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
