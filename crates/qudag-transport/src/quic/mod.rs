@@ -1122,8 +1122,8 @@ mod tests {
 
     /// A `LocalCert` whose certificate holds key A but is signed by key B:
     /// the handshake signature (made with A) verifies, the self-signature
-    /// does not. Only the certificate check can refuse it.
-    fn forged_cert() -> LocalCert {
+    /// does not.
+    fn badly_self_signed_cert() -> LocalCert {
         let a = Identity::generate().expect("key a");
         let b = Identity::generate().expect("key b");
         let key_a = rcgen::KeyPair::try_from(a.pkcs8_der()).expect("rcgen key a");
@@ -1147,27 +1147,45 @@ mod tests {
         }
     }
 
+    /// A `LocalCert` that presents A's genuine certificate but signs the
+    /// handshake with key B: someone who copied A's certificate without
+    /// holding A's key.
+    fn stolen_cert() -> LocalCert {
+        let a = Identity::generate().expect("key a");
+        let b = Identity::generate().expect("key b");
+        let genuine_a = LocalCert::new(a.pkcs8_der()).expect("cert a");
+        let genuine_b = LocalCert::new(b.pkcs8_der()).expect("cert b");
+        LocalCert {
+            certified: Arc::new(rustls::sign::CertifiedKey::new(
+                genuine_a.certified.cert.clone(),
+                genuine_b.certified.key.clone(),
+            )),
+            peer: a.peer_id(),
+        }
+    }
+
     fn bind_good() -> (Identity, QuicTransport) {
         let id = Identity::generate().expect("identity");
         let t = QuicTransport::bind(loopback(), &id, QuicConfig::default()).expect("bind");
         (id, t)
     }
 
+    /// A copied certificate without its key is refused by the handshake
+    /// signature, and the listener hands out the next genuine dialer.
     #[tokio::test]
-    async fn listener_refuses_a_dialer_whose_certificate_is_not_self_signed() {
+    async fn listener_refuses_a_dialer_that_does_not_hold_its_certificates_key() {
         let (listener_id, listener) = bind_good();
-        let forged = QuicTransport::bind_cert(loopback(), forged_cert(), QuicConfig::default())
-            .expect("bind forged");
+        let stolen = QuicTransport::bind_cert(loopback(), stolen_cert(), QuicConfig::default())
+            .expect("bind stolen");
         let to = PeerAddr::new(listener_id.peer_id(), listener.local_addr());
         // The dialer's side completes before the listener checks its
         // certificate; the refusal is the acceptance's error.
         let refused =
-            tokio::time::timeout(GUARD, async { forged.dial(&to).await?.accepted().await })
+            tokio::time::timeout(GUARD, async { stolen.dial(&to).await?.accepted().await })
                 .await
                 .expect("guard");
-        assert!(refused.is_err(), "forged certificate accepted");
+        assert!(refused.is_err(), "a copied certificate accepted");
 
-        // The listener hands out the next genuine dialer, not the forged one.
         let (honest_id, honest) = bind_good();
         let (dialed, accepted) = tokio::time::timeout(GUARD, async {
             tokio::join!(honest.dial(&to), listener.accept())
@@ -1179,13 +1197,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dialer_refuses_a_listener_whose_certificate_is_not_self_signed() {
-        let cert = forged_cert();
+    async fn dialer_refuses_a_listener_that_does_not_hold_its_certificates_key() {
+        let cert = stolen_cert();
         let peer = cert.peer;
-        let forged =
-            QuicTransport::bind_cert(loopback(), cert, QuicConfig::default()).expect("bind forged");
+        let stolen =
+            QuicTransport::bind_cert(loopback(), cert, QuicConfig::default()).expect("bind stolen");
         let (_, dialer) = bind_good();
-        let to = PeerAddr::new(peer, forged.local_addr());
+        let to = PeerAddr::new(peer, stolen.local_addr());
         let refused = tokio::time::timeout(GUARD, dialer.dial(&to))
             .await
             .expect("guard");
@@ -1195,5 +1213,41 @@ mod tests {
             }
             other => panic!("expected a handshake error, got {other:?}"),
         }
+    }
+
+    /// The self-signature is not what proves a peer's key (the handshake
+    /// signature is): a certificate for key A signed by another key, used by
+    /// the holder of A, is accepted in both directions as A.
+    #[tokio::test]
+    async fn a_bad_self_signature_does_not_matter_to_the_holder_of_the_key() {
+        let cert = badly_self_signed_cert();
+        let peer = cert.peer;
+        let odd = QuicTransport::bind_cert(loopback(), cert, QuicConfig::default()).expect("bind");
+        let (good_id, good) = bind_good();
+        let to_odd = PeerAddr::new(peer, odd.local_addr());
+        let (dialed, accepted) = tokio::time::timeout(GUARD, async {
+            tokio::join!(good.dial(&to_odd), odd.accept())
+        })
+        .await
+        .expect("guard");
+        let dialed = dialed.expect("dial");
+        assert_eq!(dialed.peer(), peer);
+        tokio::time::timeout(GUARD, dialed.accepted())
+            .await
+            .expect("guard")
+            .expect("accepted");
+        assert_eq!(accepted.expect("accept").peer(), good_id.peer_id());
+
+        let to_good = PeerAddr::new(good_id.peer_id(), good.local_addr());
+        let (dialed, accepted) = tokio::time::timeout(GUARD, async {
+            tokio::join!(odd.dial(&to_good), good.accept())
+        })
+        .await
+        .expect("guard");
+        tokio::time::timeout(GUARD, dialed.expect("dial").accepted())
+            .await
+            .expect("guard")
+            .expect("accepted");
+        assert_eq!(accepted.expect("accept").peer(), peer);
     }
 }
