@@ -245,17 +245,33 @@ impl Driver {
                 self.quiet_since = Some(Instant::now());
             }
             let retire_at = self.quiet_since.map(|t| later(t, self.retire_after()));
+            let next_redial = self.next_redial.filter(|_| !connected);
+            // One timer for all deadlines (a `Sleep` is 112 bytes, and each
+            // select branch's future lives in the driver's task for as long
+            // as the peer is known); the first one due, in this order, is
+            // handled, as a biased select over one timer each would.
+            let wake_at = [
+                batch_deadline,
+                ack_deadline,
+                next_redial,
+                give_up_at,
+                self.winner_due,
+                retire_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 biased;
                 ctl = self.ctl.recv() => match ctl {
                     Some(Ctl::Shutdown { deadline, done }) => {
-                        self.shutdown(deadline).await;
+                        Box::pin(self.shutdown(deadline)).await;
                         let _ = done.send(());
                         return;
                     }
-                    Some(ctl) => self.on_ctl(ctl).await,
+                    Some(ctl) => Box::pin(self.on_ctl(ctl)).await,
                     None => {
-                        self.shutdown(Instant::now()).await;
+                        Box::pin(self.shutdown(Instant::now())).await;
                         return;
                     }
                 },
@@ -271,35 +287,45 @@ impl Driver {
                         if connected {
                             self.drain_queue();
                         } else {
-                            self.demand().await;
+                            Box::pin(self.demand()).await;
                         }
                     }
                 }
-                () = sleep_until(batch_deadline) => self.batcher.handle_timeout(std_now()),
-                () = sleep_until(ack_deadline) => self.unresponsive(),
-                () = sleep_until(self.next_redial), if !connected => {
-                    self.next_redial = None;
-                    self.demand().await;
-                }
-                () = sleep_until(give_up_at) => self.give_up(),
-                () = sleep_until(self.winner_due) => {
-                    self.winner_due = None;
-                    if !connected && self.state() == ConnState::Connected {
-                        self.set_state(ConnState::Disconnected);
+                () = sleep_until(wake_at) => {
+                    let now = Instant::now();
+                    let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                    if due(batch_deadline) {
+                        self.batcher.handle_timeout(std_now());
+                    } else if due(ack_deadline) {
+                        self.unresponsive();
+                    } else if due(next_redial) {
+                        self.next_redial = None;
+                        Box::pin(self.demand()).await;
+                    } else if due(give_up_at) {
+                        self.give_up();
+                    } else if due(self.winner_due) {
+                        self.winner_due_passed(connected);
+                    } else if due(retire_at) {
+                        Box::pin(self.retire()).await;
+                        return;
                     }
-                    if self.session.is_none() && self.state() == ConnState::Connecting {
-                        // Our dial was replaced and the winner never came.
-                        self.set_state(ConnState::Failed);
-                    }
-                    for waiter in self.connect_waiters.drain(..) {
-                        let _ = waiter.send(Err(NetError::ConnectTimeout { peer: self.peer.id }));
-                    }
-                }
-                () = sleep_until(retire_at) => {
-                    self.retire().await;
-                    return;
                 }
             }
+        }
+    }
+
+    /// The simultaneous dial's winner did not arrive by `winner_due`.
+    fn winner_due_passed(&mut self, connected: bool) {
+        self.winner_due = None;
+        if !connected && self.state() == ConnState::Connected {
+            self.set_state(ConnState::Disconnected);
+        }
+        if self.session.is_none() && self.state() == ConnState::Connecting {
+            // Our dial was replaced and the winner never came.
+            self.set_state(ConnState::Failed);
+        }
+        for waiter in self.connect_waiters.drain(..) {
+            let _ = waiter.send(Err(NetError::ConnectTimeout { peer: self.peer.id }));
         }
     }
 
