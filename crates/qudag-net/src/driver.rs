@@ -71,12 +71,78 @@ pub(crate) enum Ctl {
     },
 }
 
+/// A peer's control commands, for its driver (the only consumer). Unlike a
+/// tokio channel, which allocates a block of 32 slots when it is made (1 KiB
+/// for every idle peer), it allocates nothing until the first command.
+#[derive(Default)]
+pub(crate) struct CtlQueue {
+    state: Mutex<CtlState>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct CtlState {
+    items: std::collections::VecDeque<Ctl>,
+    closed: bool,
+}
+
+impl CtlQueue {
+    /// Queues `ctl` for the driver; gives it back if the driver closed the
+    /// queue (it retired or shut down).
+    pub(crate) fn send(&self, ctl: Ctl) -> Result<(), Ctl> {
+        {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(ctl);
+            }
+            state.items.push_back(ctl);
+        }
+        // A permit is stored if the driver is not waiting: no lost wake-up.
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The next command, in order; `None` once closed and empty.
+    /// Cancel-safe: a command stays queued until this returns it.
+    async fn recv(&self) -> Option<Ctl> {
+        loop {
+            {
+                let mut state = self.state.lock();
+                if let Some(ctl) = state.items.pop_front() {
+                    return Some(ctl);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Refuses further commands; those already queued are still received.
+    fn close(&self) {
+        self.state.lock().closed = true;
+    }
+
+    /// Refuses further commands and drops those queued (as dropping a
+    /// channel's receiver does): a `connect` waiting on one hears that the
+    /// driver is gone.
+    fn close_and_clear(&self) {
+        let left = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(left);
+    }
+}
+
 /// What the manager keeps of a peer.
 pub(crate) struct Peer {
     pub(crate) id: PeerId,
     pub(crate) addr: Mutex<Option<SocketAddr>>,
     pub(crate) tx: mpsc::Sender<Envelope>,
-    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
+    pub(crate) ctl: CtlQueue,
     pub(crate) state: Mutex<StateMachine>,
     /// The receiving half of the session with this peer.
     pub(crate) recv: Arc<RecvState>,
@@ -100,7 +166,6 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     peer: Arc<Peer>,
     rx: mpsc::Receiver<Envelope>,
-    ctl: mpsc::UnboundedReceiver<Ctl>,
     batcher: Batcher<Envelope>,
     session: Option<Session>,
     /// The session is parked in the pool (the user disconnected).
@@ -126,6 +191,14 @@ pub(crate) struct Driver {
     unresponsive: bool,
     /// A connection was adopted at some point.
     had_session: bool,
+}
+
+impl Drop for Driver {
+    /// However the driver ends (shutdown, retirement, its task aborted), the
+    /// peer's control queue is closed and emptied, so no command waits for it.
+    fn drop(&mut self) {
+        self.peer.ctl.close_and_clear();
+    }
 }
 
 /// `t + d`, or a point 30 years on if that overflows: a deadline that
@@ -165,12 +238,11 @@ impl Driver {
         recv: Option<Arc<RecvState>>,
     ) -> Arc<Peer> {
         let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
-        let (ctl_tx, ctl) = mpsc::unbounded_channel();
         let peer = Arc::new(Peer {
             id,
             addr: Mutex::new(addr),
             tx,
-            ctl: ctl_tx,
+            ctl: CtlQueue::default(),
             state: Mutex::new(StateMachine::new()),
             recv: recv.unwrap_or_else(RecvState::new),
             budget: ByteBudget::new(shared.config.queue_bytes),
@@ -187,7 +259,6 @@ impl Driver {
             shared,
             peer: peer.clone(),
             rx,
-            ctl,
             session: None,
             idle: false,
             failed_dials: 0,
@@ -263,7 +334,7 @@ impl Driver {
             .min();
             tokio::select! {
                 biased;
-                ctl = self.ctl.recv() => match ctl {
+                ctl = self.peer.ctl.recv() => match ctl {
                     Some(Ctl::Shutdown { deadline, done }) => {
                         Box::pin(self.shutdown(deadline)).await;
                         let _ = done.send(());
@@ -343,7 +414,7 @@ impl Driver {
         );
         self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
         self.rx.close();
-        self.ctl.close();
+        self.peer.ctl.close();
         self.shared.backoff.forget(&id);
         // After `close`, `recv` also waits for senders that reserved a slot
         // before it (`send` and `send_many` reserve, then push) and ends only
@@ -353,7 +424,7 @@ impl Driver {
             late.push(env);
         }
         let mut late_ctl = Vec::new();
-        while let Some(ctl) = self.ctl.recv().await {
+        while let Some(ctl) = self.peer.ctl.recv().await {
             late_ctl.push(ctl);
         }
         tracing::debug!(peer = %id, late = late.len() + late_ctl.len(), "idle peer driver retires");
@@ -1216,7 +1287,7 @@ impl Driver {
                         }
                     }
                     tokio::select! {
-                        ctl = self.ctl.recv() => match ctl {
+                        ctl = self.peer.ctl.recv() => match ctl {
                             Some(Ctl::Inbound(session)) => self.inbound(*session),
                             Some(_) => {}
                             None => return,
@@ -1255,7 +1326,7 @@ impl Driver {
                 tokio::select! {
                     () = signalled(signals_of(&self.session)) => self.on_signals(),
                     () = self.peer.recv.wake.notified() => {}
-                    ctl = self.ctl.recv() => {
+                    ctl = self.peer.ctl.recv() => {
                         if let Some(Ctl::Inbound(session)) = ctl {
                             self.inbound(*session);
                         }
@@ -1448,5 +1519,73 @@ mod tests {
             "Envelope is {} bytes",
             std::mem::size_of::<Envelope>()
         );
+    }
+}
+
+#[cfg(test)]
+mod ctl_queue_tests {
+    use super::*;
+
+    fn disconnect() -> (Ctl, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Ctl::Disconnect(tx), rx)
+    }
+
+    fn answer(ctl: Option<Ctl>) {
+        match ctl {
+            Some(Ctl::Disconnect(reply)) => reply.send(()).expect("caller waits"),
+            _ => panic!("expected a Disconnect"),
+        }
+    }
+
+    /// In order; a receive cancelled after its wake-up loses nothing; after
+    /// `close` new commands come back and queued ones are still received,
+    /// then `None`.
+    #[tokio::test]
+    async fn commands_arrive_in_order_and_close_refuses_new_ones() {
+        let q = CtlQueue::default();
+        let (a, mut ra) = disconnect();
+        let (b, mut rb) = disconnect();
+        assert!(q.send(a).is_ok());
+        assert!(q.send(b).is_ok());
+        answer(q.recv().await);
+        assert_eq!(ra.try_recv(), Ok(()));
+        // Woken (a permit is stored) but dropped before it is polled again.
+        let pending = q.recv();
+        drop(pending);
+        q.close();
+        let (c, _rc) = disconnect();
+        assert!(matches!(q.send(c), Err(Ctl::Disconnect(_))));
+        answer(q.recv().await);
+        assert_eq!(rb.try_recv(), Ok(()));
+        assert!(q.recv().await.is_none());
+    }
+
+    /// A receiver waiting on an empty queue is woken by a later send.
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken() {
+        let q = Arc::new(CtlQueue::default());
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.recv().await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        let (a, _ra) = disconnect();
+        assert!(q.send(a).is_ok());
+        assert!(waiter.await.expect("task"));
+    }
+
+    /// Clearing drops what is queued: a caller waiting for a reply hears
+    /// that nobody will answer, instead of waiting forever.
+    #[tokio::test]
+    async fn clear_drops_queued_commands() {
+        let q = CtlQueue::default();
+        let (a, ra) = disconnect();
+        assert!(q.send(a).is_ok());
+        q.close_and_clear();
+        assert!(ra.await.is_err(), "the reply sender was dropped");
+        let (b, _rb) = disconnect();
+        assert!(q.send(b).is_err());
+        assert!(q.recv().await.is_none());
     }
 }

@@ -224,9 +224,9 @@ impl Shared {
                     if !shared.is_known(&id) {
                         shared.track_unproven(&session.handle);
                     }
-                    if let Err(e) = peer.ctl.send(Ctl::Inbound(Box::new(session))) {
+                    if let Err(ctl) = peer.ctl.send(Ctl::Inbound(Box::new(session))) {
                         // The driver retired meanwhile: close what it will not take.
-                        if let Ctl::Inbound(session) = e.0 {
+                        if let Ctl::Inbound(session) = ctl {
                             session.handle.close(CloseCode::Normal);
                         }
                     }
