@@ -224,11 +224,11 @@ impl Shared {
                     if !shared.is_known(&id) {
                         shared.track_unproven(&session.handle);
                     }
-                    if let Err(ctl) = peer.ctl.send(Ctl::Inbound(Box::new(session))) {
+                    if let Err(Ctl::Inbound(session)) =
+                        peer.ctl.send(Ctl::Inbound(Box::new(session)))
+                    {
                         // The driver retired meanwhile: close what it will not take.
-                        if let Ctl::Inbound(session) = ctl {
-                            session.handle.close(CloseCode::Normal);
-                        }
+                        session.handle.close(CloseCode::Normal);
                     }
                 }
                 Ok(Err(e)) => {
