@@ -703,8 +703,9 @@ async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
     });
     let ack_client = raw_client(0, 1)?;
 
-    // The qudag transport's dial alone (handshake, PeerId check, acceptance
-    // byte), without the manager's session set-up.
+    // The qudag transport's dial alone (handshake, PeerId check, the
+    // listener's hello), without the acceptance byte or the manager's
+    // session set-up.
     let listener_id = Identity::generate()?;
     let listener = Arc::new(QuicTransport::bind(
         loopback(),
@@ -793,7 +794,7 @@ async fn connect(plan: &Plan, out: &mut Out) -> Result<(), BoxError> {
         values: &dials,
         baseline_values: &raw,
         paired: true,
-        note: "diagnostic: the transport's share of the manager's connect (handshake, PeerId check, acceptance byte); the rest is the manager's session set-up",
+        note: "diagnostic: the transport's share of the manager's connect (handshake, PeerId check, the listener's hello; not the acceptance byte); the rest is the acceptance byte and the manager's session set-up",
         ..Row::default()
     });
     out.result(&Row {
