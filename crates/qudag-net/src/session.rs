@@ -380,8 +380,10 @@ pub(crate) async fn establish(
     })
 }
 
-/// Smallest read the reader offers the stream, and its buffer size when idle.
-const MIN_READ: usize = 1024;
+/// Smallest read the reader offers the stream, and its buffer size when idle
+/// (held by every connection: a RESUME, an ACK or a one-message batch fits;
+/// a burst doubles it up to [`MAX_READ`]).
+const MIN_READ: usize = 256;
 /// Largest read the reader offers the stream at once.
 const MAX_READ: usize = 64 * 1024;
 
