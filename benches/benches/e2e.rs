@@ -38,7 +38,8 @@ use bytes::Bytes;
 use qudag_benches::delay_proxy::DelayProxy;
 use qudag_benches::{quic_manager, raw_client, raw_server, BoxError};
 use qudag_net::{
-    FlushPolicy, Identity, ManagerConfig, PeerAddr, PeerId, QuicConfig, QuicTransport, Transport,
+    ConnectionManager, FlushPolicy, Identity, ManagerConfig, PeerAddr, PeerId, QuicConfig,
+    QuicTransport, Transport,
 };
 
 #[allow(unsafe_code)]
@@ -970,16 +971,38 @@ const FIRST: [u8; 128] = [0x42; 128];
 async fn ttfm_manager() -> Result<f64, BoxError> {
     let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
     let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
-    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    let incoming = b.incoming().ok_or("incoming taken")?;
     let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
     let to = PeerAddr::new(b_addr.peer, proxy.addr());
-    let receiver = tokio::spawn(async move {
-        let got = incoming.recv().await;
-        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
-    });
+    let receiver = first_receipt(incoming);
     a.add_peer(to)?;
     let start = Instant::now();
-    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
+    send_first(&a, &b, b_addr.peer, receiver, proxy, start).await
+}
+
+/// The listener's application waiting for its first message: its length
+/// and when it arrived.
+fn first_receipt(
+    mut incoming: qudag_net::Incoming,
+) -> tokio::task::JoinHandle<(Option<usize>, Instant, qudag_net::Incoming)> {
+    tokio::spawn(async move {
+        let got = incoming.recv().await;
+        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
+    })
+}
+
+/// Sends the first message from `a` to `to`, waits until `receiver` has
+/// it, shuts both managers and the proxy down (not timed), and returns the
+/// µs from `start` until the listener's application held the message.
+async fn send_first(
+    a: &ConnectionManager,
+    b: &ConnectionManager,
+    to: PeerId,
+    receiver: tokio::task::JoinHandle<(Option<usize>, Instant, qudag_net::Incoming)>,
+    proxy: DelayProxy,
+    start: Instant,
+) -> Result<f64, BoxError> {
+    a.send(&to, Bytes::from_static(&FIRST)).await?;
     let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
     if got != Some(FIRST.len()) {
         return Err(format!("the listener got {got:?} instead of the first message").into());
@@ -997,28 +1020,15 @@ async fn ttfm_manager() -> Result<f64, BoxError> {
 async fn ttfm_manager_connect() -> Result<(f64, f64), BoxError> {
     let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
     let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
-    let mut incoming = b.incoming().ok_or("incoming taken")?;
+    let incoming = b.incoming().ok_or("incoming taken")?;
     let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
     let to = PeerAddr::new(b_addr.peer, proxy.addr());
-    let receiver = tokio::spawn(async move {
-        let got = incoming.recv().await;
-        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
-    });
+    let receiver = first_receipt(incoming);
     let start = Instant::now();
     a.connect(to).await?;
     let connected = start.elapsed();
-    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
-    let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
-    if got != Some(FIRST.len()) {
-        return Err(format!("the listener got {got:?} instead of the first message").into());
-    }
-    a.shutdown(Duration::from_millis(100)).await;
-    b.shutdown(Duration::from_millis(100)).await;
-    proxy.close().await;
-    Ok((
-        end.duration_since(start).as_secs_f64() * 1e6,
-        connected.as_secs_f64() * 1e6,
-    ))
+    let total = send_first(&a, &b, b_addr.peer, receiver, proxy, start).await?;
+    Ok((total, connected.as_secs_f64() * 1e6))
 }
 
 /// A known peer on a new connection: after a first exchange, the pooled
@@ -1048,20 +1058,9 @@ async fn ttfm_manager_known() -> Result<f64, BoxError> {
     {
         return Err("the pooled connection did not expire".into());
     }
-    let receiver = tokio::spawn(async move {
-        let got = incoming.recv().await;
-        (got.map(|(_, m)| m.len()), Instant::now(), incoming)
-    });
+    let receiver = first_receipt(incoming);
     let start = Instant::now();
-    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
-    let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
-    if got != Some(FIRST.len()) {
-        return Err(format!("the listener got {got:?} instead of the message").into());
-    }
-    a.shutdown(Duration::from_millis(100)).await;
-    b.shutdown(Duration::from_millis(100)).await;
-    proxy.close().await;
-    Ok(end.duration_since(start).as_secs_f64() * 1e6)
+    send_first(&a, &b, b_addr.peer, receiver, proxy, start).await
 }
 
 /// The same over raw quinn through the same kind of proxy: µs from the
