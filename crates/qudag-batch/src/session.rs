@@ -85,10 +85,12 @@ impl<M> InFlight<M> {
 /// for a replacement).
 ///
 /// Invariants (checked by the property tests in `tests/session.rs`):
-/// - message numbers are given out once, in order, without gaps;
+/// - message numbers are given out once, in order, without gaps (from the
+///   first number, [`starting_at`](Self::starting_at));
 /// - a message leaves the window only by an acknowledgement covering it, or
-///   handed back by [`on_resume`](Self::on_resume) (the peer lost its state)
-///   or [`take_all`](Self::take_all) (the caller gives up);
+///   handed back by [`on_hello`](Self::on_hello) or
+///   [`on_resume`](Self::on_resume) (the peer restarted) or
+///   [`take_all`](Self::take_all) (the caller gives up);
 /// - nothing is written on a connection before the peer's incarnation on it
 ///   is known (from its hello or its RESUME), and a message written to one
 ///   incarnation of the peer is never written to another, so nothing that
@@ -179,7 +181,7 @@ impl<M> Outbox<M> {
 
     /// A new connection carries the session from now on (a first one, a
     /// redial, or a replacement of the current one): everything in the window
-    /// waits for the peer's RESUME on it before it is resent.
+    /// waits for the peer's hello or RESUME on it before it is resent.
     pub fn connected(&mut self) {
         self.live = true;
         self.synced = false;
@@ -430,7 +432,7 @@ impl<M> Outbox<M> {
         self.acked
     }
 
-    /// The peer's incarnation, once a RESUME told it.
+    /// The peer's incarnation, once a hello or a RESUME told it.
     pub fn peer_incarnation(&self) -> Option<u64> {
         self.peer
     }

@@ -119,9 +119,11 @@ impl CtlQueue {
         }
     }
 
-    /// Refuses further commands; those already queued are still received.
+    /// Refuses further commands; those already queued are still received
+    /// (a waiting receiver wakes to see the end).
     fn close(&self) {
         self.state.lock().closed = true;
+        self.notify.notify_one();
     }
 
     /// Refuses further commands and drops those queued (as dropping a

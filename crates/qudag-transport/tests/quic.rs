@@ -210,6 +210,28 @@ async fn the_listeners_hello_tells_the_dialer_its_incarnation() {
     assert!(d.is_alive());
 }
 
+/// Cancelling `accepted` (a timeout or a select around it) loses nothing:
+/// a later call still reads the acceptance, and the connection stays open.
+#[tokio::test]
+async fn a_cancelled_accepted_can_be_asked_again() {
+    use std::future::Future;
+    let (a, b) = (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    );
+    let (d, _l) = connect(&a, &b).await;
+    {
+        // Polled once, then dropped: the acceptance byte is a flight away.
+        let mut first = std::pin::pin!(d.accepted());
+        let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx))).await;
+    }
+    timeout(GUARD, d.accepted())
+        .await
+        .expect("guard")
+        .expect("accepted after a cancelled call");
+    assert!(d.is_alive());
+}
+
 #[tokio::test]
 async fn peer_closing_mid_stream_yields_closed_on_the_other_side() {
     let (a, b) = (

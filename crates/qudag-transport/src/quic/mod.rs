@@ -530,7 +530,7 @@ impl Transport for QuicTransport {
         match hello {
             Ok((incarnation, stream)) => {
                 c.peer_incarnation = Some(incarnation).filter(|&i| i != 0);
-                *c.acceptance_stream.lock() = Some(stream);
+                *c.acceptance_stream.get_mut() = Some(stream);
             }
             Err(failure) => {
                 match failure {
@@ -606,8 +606,8 @@ async fn read_hello(conn: &quinn::Connection) -> Result<(u64, quinn::RecvStream)
 }
 
 /// Reads the acceptance byte that follows the hello.
-async fn read_acceptance(stream: Option<quinn::RecvStream>) -> Result<(), Acceptance> {
-    let Some(mut stream) = stream else {
+async fn read_acceptance(stream: Option<&mut quinn::RecvStream>) -> Result<(), Acceptance> {
+    let Some(stream) = stream else {
         return Err(Acceptance::Bad("acceptance stream already read".into()));
     };
     let mut byte = [0u8; 1];
@@ -833,7 +833,9 @@ pub struct QuicConnection {
     /// The listener's acceptance, read once.
     acceptance: tokio::sync::OnceCell<Result<(), Acceptance>>,
     /// The acceptance stream after the hello, until the acceptance is read.
-    acceptance_stream: Mutex<Option<quinn::RecvStream>>,
+    /// Read through the lock, not taken out: a cancelled `accepted` leaves
+    /// it in place for the next call.
+    acceptance_stream: tokio::sync::Mutex<Option<quinn::RecvStream>>,
     /// The incarnation of the listener's hello (dialer side, non-zero).
     peer_incarnation: Option<u64>,
     stream_taken: AtomicBool,
@@ -865,7 +867,7 @@ impl QuicConnection {
             side,
             acceptance_deadline: None,
             acceptance: tokio::sync::OnceCell::new(),
-            acceptance_stream: Mutex::new(None),
+            acceptance_stream: tokio::sync::Mutex::new(None),
             peer_incarnation: None,
             stream_taken: AtomicBool::new(false),
             local_close: Mutex::new(None),
@@ -960,8 +962,12 @@ impl Connection for QuicConnection {
         let result = self
             .acceptance
             .get_or_init(|| async {
-                let stream = self.acceptance_stream.lock().take();
-                match tokio::time::timeout_at(deadline, read_acceptance(stream)).await {
+                let mut stream = self.acceptance_stream.lock().await;
+                let read =
+                    tokio::time::timeout_at(deadline, read_acceptance(stream.as_mut())).await;
+                // Read (or failed) for good: the stream is not needed again.
+                *stream = None;
+                match read {
                     Ok(r) => r,
                     Err(_) => Err(Acceptance::Timeout),
                 }
