@@ -969,15 +969,32 @@ const FIRST: [u8; 128] = [0x42; 128];
 /// incarnation, with its handshake flight) lets the batch leave right
 /// behind the handshake. Set-up and shutdown are not timed.
 async fn ttfm_manager() -> Result<f64, BoxError> {
-    let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
+    let (pair, incoming) = delayed_pair(manager_config(FlushPolicy::Adaptive)).await?;
+    let receiver = first_receipt(incoming);
+    pair.a.add_peer(pair.to)?;
+    let start = Instant::now();
+    send_first(pair, receiver, start).await
+}
+
+/// Two fresh managers over QUIC, the listener `b` behind a [`DelayProxy`]
+/// (`to` is its address through the proxy); `a` runs with `a_config`.
+struct DelayedPair {
+    a: ConnectionManager,
+    b: ConnectionManager,
+    to: PeerAddr,
+    proxy: DelayProxy,
+}
+
+/// A [`DelayedPair`] and the listener's `Incoming`.
+async fn delayed_pair(
+    a_config: ManagerConfig,
+) -> Result<(DelayedPair, qudag_net::Incoming), BoxError> {
+    let (a, _) = quic_manager(a_config, QuicConfig::default())?;
     let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
     let incoming = b.incoming().ok_or("incoming taken")?;
     let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
     let to = PeerAddr::new(b_addr.peer, proxy.addr());
-    let receiver = first_receipt(incoming);
-    a.add_peer(to)?;
-    let start = Instant::now();
-    send_first(&a, &b, b_addr.peer, receiver, proxy, start).await
+    Ok((DelayedPair { a, b, to, proxy }, incoming))
 }
 
 /// The listener's application waiting for its first message: its length
@@ -991,18 +1008,16 @@ fn first_receipt(
     })
 }
 
-/// Sends the first message from `a` to `to`, waits until `receiver` has
-/// it, shuts both managers and the proxy down (not timed), and returns the
-/// µs from `start` until the listener's application held the message.
+/// Sends the first message from `a` to `b`, waits until `receiver` has it,
+/// shuts both managers and the proxy down (not timed), and returns the µs
+/// from `start` until the listener's application held the message.
 async fn send_first(
-    a: &ConnectionManager,
-    b: &ConnectionManager,
-    to: PeerId,
+    pair: DelayedPair,
     receiver: tokio::task::JoinHandle<(Option<usize>, Instant, qudag_net::Incoming)>,
-    proxy: DelayProxy,
     start: Instant,
 ) -> Result<f64, BoxError> {
-    a.send(&to, Bytes::from_static(&FIRST)).await?;
+    let DelayedPair { a, b, to, proxy } = pair;
+    a.send(&to.peer, Bytes::from_static(&FIRST)).await?;
     let (got, end, _incoming) = tokio::time::timeout(Duration::from_secs(10), receiver).await??;
     if got != Some(FIRST.len()) {
         return Err(format!("the listener got {got:?} instead of the first message").into());
@@ -1018,16 +1033,12 @@ async fn send_first(
 /// (`connect`, then one `send`), and µs until `connect` returned (it waits
 /// for the listener's acceptance byte, one round trip after the handshake).
 async fn ttfm_manager_connect() -> Result<(f64, f64), BoxError> {
-    let (a, _) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
-    let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
-    let incoming = b.incoming().ok_or("incoming taken")?;
-    let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
-    let to = PeerAddr::new(b_addr.peer, proxy.addr());
+    let (pair, incoming) = delayed_pair(manager_config(FlushPolicy::Adaptive)).await?;
     let receiver = first_receipt(incoming);
     let start = Instant::now();
-    a.connect(to).await?;
+    pair.a.connect(pair.to).await?;
     let connected = start.elapsed();
-    let total = send_first(&a, &b, b_addr.peer, receiver, proxy, start).await?;
+    let total = send_first(pair, receiver, start).await?;
     Ok((total, connected.as_secs_f64() * 1e6))
 }
 
@@ -1040,17 +1051,14 @@ async fn ttfm_manager_connect() -> Result<(f64, f64), BoxError> {
 async fn ttfm_manager_known() -> Result<f64, BoxError> {
     let mut cfg = manager_config(FlushPolicy::Adaptive);
     cfg.pool_mut().idle_timeout(Duration::from_millis(50));
-    let (a, _) = quic_manager(cfg, QuicConfig::default())?;
-    let (b, b_addr) = quic_manager(manager_config(FlushPolicy::Adaptive), QuicConfig::default())?;
-    let mut incoming = b.incoming().ok_or("incoming taken")?;
-    let proxy = DelayProxy::start(b_addr.addr, ONE_WAY).await?;
-    let to = PeerAddr::new(b_addr.peer, proxy.addr());
+    let (pair, mut incoming) = delayed_pair(cfg).await?;
+    let (a, b, to) = (&pair.a, &pair.b, pair.to);
     a.connect(to).await?;
-    a.send(&b_addr.peer, Bytes::from_static(&FIRST)).await?;
+    a.send(&to.peer, Bytes::from_static(&FIRST)).await?;
     tokio::time::timeout(Duration::from_secs(10), incoming.recv())
         .await?
         .ok_or("no first exchange")?;
-    a.disconnect(&b_addr.peer).await?;
+    a.disconnect(&to.peer).await?;
     if !wait_until(Duration::from_secs(10), || {
         a.open_connections() == 0 && b.open_connections() == 0
     })
@@ -1060,7 +1068,7 @@ async fn ttfm_manager_known() -> Result<f64, BoxError> {
     }
     let receiver = first_receipt(incoming);
     let start = Instant::now();
-    send_first(&a, &b, b_addr.peer, receiver, proxy, start).await
+    send_first(pair, receiver, start).await
 }
 
 /// The same over raw quinn through the same kind of proxy: µs from the

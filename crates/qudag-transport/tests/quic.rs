@@ -37,6 +37,14 @@ impl Node {
     }
 }
 
+/// Two endpoints with the default config.
+fn two_nodes() -> (Node, Node) {
+    (
+        Node::new(QuicConfig::default()),
+        Node::new(QuicConfig::default()),
+    )
+}
+
 async fn connect(a: &Node, b: &Node) -> (Arc<dyn Connection>, Arc<dyn Connection>) {
     let to = b.addr();
     let (d, l) = timeout(GUARD, async { tokio::join!(a.t.dial(&to), b.t.accept()) })
@@ -47,10 +55,7 @@ async fn connect(a: &Node, b: &Node) -> (Arc<dyn Connection>, Arc<dyn Connection
 
 #[tokio::test]
 async fn connect_and_exchange_both_ways() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     assert_eq!(a.t.local_addr().ip(), std::net::Ipv4Addr::LOCALHOST);
     assert_ne!(a.t.local_addr().port(), 0);
     let (d, l) = connect(&a, &b).await;
@@ -86,10 +91,7 @@ async fn connect_and_exchange_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfer_keeps_integrity() {
     const LEN: usize = 4 << 20;
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, l) = connect(&a, &b).await;
     let data: Vec<u8> = (0..LEN)
         .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
@@ -114,10 +116,7 @@ async fn large_transfer_keeps_integrity() {
 
 #[tokio::test]
 async fn wrong_expected_peer_id_is_a_mismatch() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let someone_else = Identity::generate().expect("identity").peer_id();
     let to = PeerAddr::new(someone_else, b.t.local_addr());
     let err = timeout(GUARD, a.t.dial(&to))
@@ -187,10 +186,7 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
 /// listener that set none tells none.
 #[tokio::test]
 async fn the_listeners_hello_tells_the_dialer_its_incarnation() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, l) = connect(&a, &b).await;
     assert_eq!((d.peer_incarnation(), l.peer_incarnation()), (None, None));
     timeout(GUARD, d.accepted())
@@ -215,10 +211,7 @@ async fn the_listeners_hello_tells_the_dialer_its_incarnation() {
 #[tokio::test]
 async fn a_cancelled_accepted_can_be_asked_again() {
     use std::future::Future;
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, _l) = connect(&a, &b).await;
     {
         // Polled once, then dropped: the acceptance byte is a flight away.
@@ -234,10 +227,7 @@ async fn a_cancelled_accepted_can_be_asked_again() {
 
 #[tokio::test]
 async fn peer_closing_mid_stream_yields_closed_on_the_other_side() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, l) = connect(&a, &b).await;
     let (mut dtx, _drx) = d.open_stream().await.expect("stream");
     dtx.write_all(b"first").await.expect("write");
@@ -276,10 +266,7 @@ async fn peer_closing_mid_stream_yields_closed_on_the_other_side() {
 
 #[tokio::test]
 async fn dropping_the_last_handle_closes() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, l) = connect(&a, &b).await;
     drop(d);
     assert_eq!(
@@ -293,10 +280,7 @@ async fn dropping_the_last_handle_closes() {
 
 #[tokio::test]
 async fn exported_keys_agree_and_differ_per_connection() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d1, l1) = connect(&a, &b).await;
     let (d2, l2) = connect(&a, &b).await;
     let export = |c: &Arc<dyn Connection>, label: &[u8]| {
@@ -315,10 +299,7 @@ async fn exported_keys_agree_and_differ_per_connection() {
 
 #[tokio::test]
 async fn transport_close_wakes_pending_accept_and_closes_connections() {
-    let (a, b) = (
-        Node::new(QuicConfig::default()),
-        Node::new(QuicConfig::default()),
-    );
+    let (a, b) = two_nodes();
     let (d, l) = connect(&a, &b).await;
     let t = Arc::new(b.t);
     let pending = tokio::spawn({
