@@ -21,12 +21,13 @@ use qudag_metrics::{CloseKind, ErrorKind, OpenKind};
 use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
 use qudag_transport::{CloseReason, PeerAddr, Side, TransportError};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::budget::ByteBudget;
 use crate::manager::Shared;
+use crate::queue::{MsgQueue, TryPushError};
 use crate::session::{self, CloseCode, Pooled, ReaderCtx, RecvState, Session, SessionEnd};
 use crate::{Event, NetError, UndeliveredReason};
 
@@ -143,7 +144,8 @@ impl CtlQueue {
 pub(crate) struct Peer {
     pub(crate) id: PeerId,
     pub(crate) addr: Mutex<Option<SocketAddr>>,
-    pub(crate) tx: mpsc::Sender<Envelope>,
+    /// Messages from `send` to the driver.
+    pub(crate) queue: MsgQueue<Envelope>,
     pub(crate) ctl: CtlQueue,
     pub(crate) state: Mutex<StateMachine>,
     /// The receiving half of the session with this peer.
@@ -167,7 +169,9 @@ impl Peer {
 pub(crate) struct Driver {
     shared: Arc<Shared>,
     peer: Arc<Peer>,
-    rx: mpsc::Receiver<Envelope>,
+    /// What the last take from the queue moved out (empty between takes;
+    /// kept for its allocation, which the queue and this swap).
+    taken: std::collections::VecDeque<Envelope>,
     batcher: Batcher<Envelope>,
     session: Option<Session>,
     /// The session is parked in the pool (the user disconnected).
@@ -197,9 +201,11 @@ pub(crate) struct Driver {
 
 impl Drop for Driver {
     /// However the driver ends (shutdown, retirement, its task aborted), the
-    /// peer's control queue is closed and emptied, so no command waits for it.
+    /// peer's control and message queues are closed and emptied, so no
+    /// command or sender waits for it.
     fn drop(&mut self) {
         self.peer.ctl.close_and_clear();
+        drop(self.peer.queue.close());
     }
 }
 
@@ -239,11 +245,10 @@ impl Driver {
         addr: Option<SocketAddr>,
         recv: Option<Arc<RecvState>>,
     ) -> Arc<Peer> {
-        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
         let peer = Arc::new(Peer {
             id,
             addr: Mutex::new(addr),
-            tx,
+            queue: MsgQueue::new(shared.config.queue_capacity),
             ctl: CtlQueue::default(),
             state: Mutex::new(StateMachine::new()),
             recv: recv.unwrap_or_else(RecvState::new),
@@ -260,7 +265,7 @@ impl Driver {
             batcher: Batcher::new(shared.config.batch.clone()),
             shared,
             peer: peer.clone(),
-            rx,
+            taken: std::collections::VecDeque::new(),
             session: None,
             idle: false,
             failed_dials: 0,
@@ -354,14 +359,13 @@ impl Driver {
                         self.session_lost(end);
                     }
                 }
-                env = self.rx.recv(), if can_pull || pull_for_demand => {
-                    if let Some(env) = env {
-                        self.take(env);
-                        if connected {
-                            self.drain_queue();
-                        } else {
-                            Box::pin(self.demand()).await;
-                        }
+                () = self.peer.queue.ready(), if can_pull || pull_for_demand => {
+                    if connected {
+                        self.drain_queue();
+                    } else {
+                        // One message is enough to learn there is demand.
+                        self.take_queued(1);
+                        Box::pin(self.demand()).await;
                     }
                 }
                 () = sleep_until(wake_at) => {
@@ -415,16 +419,11 @@ impl Driver {
             std::sync::atomic::Ordering::AcqRel,
         );
         self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
-        self.rx.close();
+        // Everything that entered the queue: a sender that pushes after
+        // this gets its message back and retries on a fresh driver.
+        let late = self.peer.queue.close();
         self.peer.ctl.close();
         self.shared.backoff.forget(&id);
-        // After `close`, `recv` also waits for senders that reserved a slot
-        // before it (`send` and `send_many` reserve, then push) and ends only
-        // when none is outstanding; `try_recv` would miss their messages.
-        let mut late = Vec::new();
-        while let Some(env) = self.rx.recv().await {
-            late.push(env);
-        }
         let mut late_ctl = Vec::new();
         while let Some(ctl) = self.peer.ctl.recv().await {
             late_ctl.push(ctl);
@@ -435,7 +434,7 @@ impl Driver {
         }
         if self.shared.is_shutting_down() {
             // A successor would not be told to shut down: settle it here.
-            self.hand_back(late, UndeliveredReason::Shutdown, false);
+            self.hand_back(late.into(), UndeliveredReason::Shutdown, false);
             for ctl in late_ctl {
                 match ctl {
                     Ctl::Connect(reply) => {
@@ -463,14 +462,10 @@ impl Driver {
             let len = env.payload.len();
             // Its bytes move with it (already accepted: they may overshoot).
             next.budget.force_take(len);
-            match next.tx.try_send(env) {
+            match next.queue.try_push(env) {
                 Ok(()) => self.peer.budget.give(len),
-                Err(e) => {
+                Err(TryPushError::Full(env) | TryPushError::Closed(env)) => {
                     next.budget.give(len);
-                    let env = match e {
-                        mpsc::error::TrySendError::Full(env)
-                        | mpsc::error::TrySendError::Closed(env) => env,
-                    };
                     self.hand_back(vec![env], UndeliveredReason::Unreachable, false);
                 }
             }
@@ -516,12 +511,25 @@ impl Driver {
     /// Moves what is already queued into the batcher, up to one batch.
     fn drain_queue(&mut self) {
         let max = self.shared.config.batch.get_max_messages();
-        while self.batcher.pending_messages() < max {
-            match self.rx.try_recv() {
-                Ok(env) => self.take(env),
-                Err(_) => break,
-            }
+        let room = max.saturating_sub(self.batcher.pending_messages());
+        if room > 0 {
+            self.take_queued(room);
         }
+    }
+
+    /// Moves up to `max` queued messages into the batcher.
+    fn take_queued(&mut self, max: usize) {
+        let mut taken = std::mem::take(&mut self.taken);
+        let n = self.peer.queue.take_into(max, &mut taken);
+        for env in taken.drain(..) {
+            self.take(env);
+        }
+        // Keep an allocation the size of what recent takes moved, not of
+        // the largest burst ever (the queue holds its twin).
+        if taken.capacity() > 32 && taken.capacity() > 4 * n {
+            taken = std::collections::VecDeque::new();
+        }
+        self.taken = taken;
     }
 
     // -- state ------------------------------------------------------------
@@ -879,9 +887,9 @@ impl Driver {
         let written = self.outbox.take_all();
         self.hand_back(written, reason, true);
         let mut msgs = self.drain_batcher();
-        while let Ok(env) = self.rx.try_recv() {
-            msgs.push(env);
-        }
+        let mut queued = std::mem::take(&mut self.taken);
+        self.peer.queue.take_into(usize::MAX, &mut queued);
+        msgs.extend(queued.drain(..));
         self.hand_back(msgs, reason, false);
     }
 
@@ -1253,9 +1261,8 @@ impl Driver {
     // -- shutdown ---------------------------------------------------------
 
     async fn shutdown(&mut self, deadline: Instant) {
-        self.rx.close();
-        // As in `retire`: also the messages of senders that reserved a slot.
-        while let Some(env) = self.rx.recv().await {
+        // As in `retire`: everything that entered the queue.
+        for env in self.peer.queue.close() {
             self.take(env);
         }
         let flushed = async {

@@ -98,6 +98,7 @@ mod driver;
 mod error;
 mod event;
 mod manager;
+mod queue;
 mod session;
 
 pub use config::{ConfigError, ManagerConfig, MAX_BYTES, MAX_CAPACITY, MAX_DURATION};

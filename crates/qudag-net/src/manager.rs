@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::driver::{error_kind, Ctl, Driver, Envelope, Peer};
 use crate::event::EventQueue;
+use crate::queue::TryPushError;
 use crate::session::{self, CloseCode, Delivery, Pooled};
 use crate::{
     ConfigError, Event, Events, Incoming, ManagerConfig, NetError, SendError, SendManyError,
@@ -511,25 +512,25 @@ impl ConnectionManager {
         let len = env.payload.len();
         let env = {
             let reserved = p.budget.take(len).await;
-            match p.tx.send(env).await {
+            match p.queue.push(env).await {
                 Ok(()) => {
                     reserved.keep();
                     self.accepted(len);
                     return Ok(());
                 }
-                Err(e) => e.0,
+                Err(env) => env,
             }
         };
         // The driver retired between the lookup and the send: once more, on a fresh one.
         let (p, env) = self.check_send(peer, env.payload)?;
         let reserved = p.budget.take(len).await;
-        match p.tx.send(env).await {
+        match p.queue.push(env).await {
             Ok(()) => {
                 reserved.keep();
                 self.accepted(len);
                 Ok(())
             }
-            Err(e) => Err(SendError::Shutdown { msg: e.0.payload }),
+            Err(env) => Err(SendError::Shutdown { msg: env.payload }),
         }
     }
 
@@ -608,41 +609,43 @@ impl ConnectionManager {
                     }
                 },
             };
-            let n = (msgs.len() - next).min(p.tx.max_capacity());
-            let (count, bytes, short) = {
-                let Ok(permits) = p.tx.reserve_many(n).await else {
-                    // The driver retired since the lookup: once more on a
-                    // fresh one; twice in a row means the manager is shutting down.
-                    failed += 1;
-                    if failed == 2 {
-                        return Err(SendManyError {
-                            accepted: next,
-                            reason: SendManyReason::Shutdown,
-                            unsent: msgs.split_off(next),
-                        });
-                    }
-                    continue;
-                };
-                let (mut count, mut bytes, mut short) = (0, 0, None);
-                for permit in permits {
-                    let len = msgs[next].len();
-                    if !p.budget.try_take(len) {
-                        // Over the peer's byte budget: the rest of the
-                        // permits go back; wait for room below.
-                        short = Some(len);
-                        break;
-                    }
-                    let payload = std::mem::take(&mut msgs[next]);
-                    next += 1;
-                    count += 1;
-                    bytes += payload.len();
-                    self.shared.sink.message_queued(payload.len());
-                    permit.send(Envelope { payload, sent_at });
+            let n = (msgs.len() - next).min(p.queue.capacity());
+            let filled = match p.queue.reserve(n).await {
+                Ok(slots) => {
+                    let (mut bytes, mut short) = (0, None);
+                    let filled = slots.fill(|| {
+                        let len = msgs[next].len();
+                        if !p.budget.try_take(len) {
+                            // Over the peer's byte budget: the rest of the
+                            // slots go back; wait for room below.
+                            short = Some(len);
+                            return None;
+                        }
+                        let payload = std::mem::take(&mut msgs[next]);
+                        next += 1;
+                        bytes += len;
+                        self.shared.sink.message_queued(len);
+                        Some(Envelope { payload, sent_at })
+                    });
+                    filled.map(|count| (count, bytes, short))
                 }
-                (count, bytes, short)
+                Err(closed) => Err(closed),
+            };
+            let Ok((count, bytes, short)) = filled else {
+                // The driver retired since the lookup: once more on a
+                // fresh one; twice in a row means the manager is shutting down.
+                failed += 1;
+                if failed == 2 {
+                    return Err(SendManyError {
+                        accepted: next,
+                        reason: SendManyReason::Shutdown,
+                        unsent: msgs.split_off(next),
+                    });
+                }
+                continue;
             };
             failed = 0;
-            self.shared.sink.queued_messages(count);
+            self.shared.sink.queued_messages(count as isize);
             self.shared.sink.memory(bytes as isize);
             if let Some(len) = short {
                 p.budget.room_for(len).await;
@@ -681,19 +684,19 @@ impl ConnectionManager {
                 msg: env.payload,
             });
         }
-        match p.tx.try_send(env) {
+        match p.queue.try_push(env) {
             Ok(()) => {
                 self.accepted(len);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(e)) => {
+            Err(TryPushError::Full(e)) => {
                 p.budget.give(len);
                 Err(SendError::Full {
                     peer: *peer,
                     msg: e.payload,
                 })
             }
-            Err(mpsc::error::TrySendError::Closed(e)) => {
+            Err(TryPushError::Closed(e)) => {
                 p.budget.give(len);
                 Err(SendError::Shutdown { msg: e.payload })
             }
