@@ -284,107 +284,110 @@ impl Driver {
         peer
     }
 
-    async fn run(mut self) {
-        loop {
-            if let Err(end) = self.flush_ready().await {
-                self.session_lost(end);
-            }
-            // A pooled (idle) session is not used for new messages until
-            // `demand` takes it out of the pool (Disconnected -> Connected).
-            let connected = self.session.is_some() && !self.idle;
-            let sendable = self.outbox.may_send_new();
-            let batch_deadline = if sendable {
-                self.batcher.poll_timeout().map(Instant::from_std)
-            } else {
-                None
-            };
-            let ack_deadline = self.ack_due();
-            let give_up_at = self
-                .down_since
-                .map(|t| later(t, self.shared.config.unreachable_after));
-            let can_pull = sendable
-                && self.outbox.window_batches() < self.shared.config.max_unacked_batches
-                && self.batcher.pending_messages() < self.shared.config.batch.get_max_messages();
-            // Without a session, pull one message to learn that there is demand.
-            let pull_for_demand = !connected
-                && self.next_redial.is_none()
-                && self.batcher.pending_messages() == 0
-                && self.outbox.is_empty();
-            // A driver with nothing to do for a while retires (see `retire`);
-            // never while it holds a session, pooled or not, or waits for a
-            // simultaneous dial's winner.
-            if !pull_for_demand
-                || self.down_since.is_some()
-                || self.session.is_some()
-                || self.winner_due.is_some()
-            {
-                self.quiet_since = None;
-            } else if self.quiet_since.is_none() {
-                self.quiet_since = Some(Instant::now());
-            }
-            let retire_at = self.quiet_since.map(|t| later(t, self.retire_after()));
-            let next_redial = self.next_redial.filter(|_| !connected);
-            // One timer for all deadlines (a `Sleep` is 112 bytes, and each
-            // select branch's future lives in the driver's task for as long
-            // as the peer is known); the first one due, in this order, is
-            // handled, as a biased select over one timer each would.
-            let wake_at = [
-                batch_deadline,
-                ack_deadline,
-                next_redial,
-                give_up_at,
-                self.winner_due,
-                retire_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            tokio::select! {
-                biased;
-                ctl = self.peer.ctl.recv() => match ctl {
-                    Some(Ctl::Shutdown { deadline, done }) => {
-                        Box::pin(self.shutdown(deadline)).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(ctl) => Box::pin(self.on_ctl(ctl)).await,
-                    None => {
-                        Box::pin(self.shutdown(Instant::now())).await;
-                        return;
-                    }
-                },
-                () = signalled(signals_of(&self.session)) => self.on_signals(),
-                () = self.peer.recv.wake.notified() => {
-                    if let Err(end) = self.write_ack().await {
-                        self.session_lost(end);
-                    }
+    // Not an `async fn`: that would copy the driver (600 bytes) from its
+    // argument slot into a local, and the task would carry both; the
+    // block uses the captured driver in place.
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            loop {
+                if let Err(end) = self.flush_ready().await {
+                    self.session_lost(end);
                 }
-                () = self.peer.queue.ready(), if can_pull || pull_for_demand => {
-                    if connected {
-                        self.drain_queue();
-                    } else {
-                        // One message is enough to learn there is demand.
-                        self.take_queued(1);
-                        Box::pin(self.demand()).await;
-                    }
+                // A pooled (idle) session is not used for new messages until
+                // `demand` takes it out of the pool (Disconnected -> Connected).
+                let connected = self.session.is_some() && !self.idle;
+                let sendable = self.outbox.may_send_new();
+                let batch_deadline = if sendable {
+                    self.batcher.poll_timeout().map(Instant::from_std)
+                } else {
+                    None
+                };
+                let ack_deadline = self.ack_due();
+                let give_up_at = self
+                    .down_since
+                    .map(|t| later(t, self.shared.config.unreachable_after));
+                let can_pull = sendable
+                    && self.outbox.window_batches() < self.shared.config.max_unacked_batches
+                    && self.batcher.pending_messages()
+                        < self.shared.config.batch.get_max_messages();
+                // Without a session, pull one message to learn that there is demand.
+                let pull_for_demand = !connected
+                    && self.next_redial.is_none()
+                    && self.batcher.pending_messages() == 0
+                    && self.outbox.is_empty();
+                // A driver with nothing to do for a while retires (see `retire`);
+                // never while it holds a session, pooled or not, or waits for a
+                // simultaneous dial's winner.
+                if !pull_for_demand
+                    || self.down_since.is_some()
+                    || self.session.is_some()
+                    || self.winner_due.is_some()
+                {
+                    self.quiet_since = None;
+                } else if self.quiet_since.is_none() {
+                    self.quiet_since = Some(Instant::now());
                 }
-                () = sleep_until(wake_at) => {
-                    let now = Instant::now();
-                    let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-                    if due(batch_deadline) {
-                        self.batcher.handle_timeout(std_now());
-                    } else if due(ack_deadline) {
-                        self.unresponsive();
-                    } else if due(next_redial) {
-                        self.next_redial = None;
-                        Box::pin(self.demand()).await;
-                    } else if due(give_up_at) {
-                        self.give_up();
-                    } else if due(self.winner_due) {
-                        self.winner_due_passed(connected);
-                    } else if due(retire_at) {
-                        Box::pin(self.retire()).await;
-                        return;
+                let retire_at = self.quiet_since.map(|t| later(t, self.retire_after()));
+                let next_redial = self.next_redial.filter(|_| !connected);
+                // One timer for all deadlines (a `Sleep` is 112 bytes, and each
+                // select branch's future lives in the driver's task for as long
+                // as the peer is known); the first one due, in this order, is
+                // handled, as a biased select over one timer each would.
+                let wake_at = [
+                    batch_deadline,
+                    ack_deadline,
+                    next_redial,
+                    give_up_at,
+                    self.winner_due,
+                    retire_at,
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                tokio::select! {
+                    biased;
+                    ctl = self.peer.ctl.recv() => match ctl {
+                        Some(Ctl::Shutdown { deadline, done }) => {
+                            Box::pin(self.shutdown(deadline)).await;
+                            let _ = done.send(());
+                            return;
+                        }
+                        Some(ctl) => Box::pin(self.on_ctl(ctl)).await,
+                        None => {
+                            Box::pin(self.shutdown(Instant::now())).await;
+                            return;
+                        }
+                    },
+                    () = signalled(signals_of(&self.session)) => self.on_signals(),
+                    // The application took messages: `flush_ready` acknowledges them.
+                    () = self.peer.recv.wake.notified() => {}
+                    () = self.peer.queue.ready(), if can_pull || pull_for_demand => {
+                        if connected {
+                            self.drain_queue();
+                        } else {
+                            // One message is enough to learn there is demand.
+                            self.take_queued(1);
+                            Box::pin(self.demand()).await;
+                        }
+                    }
+                    () = sleep_until(wake_at) => {
+                        let now = Instant::now();
+                        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                        if due(batch_deadline) {
+                            self.batcher.handle_timeout(std_now());
+                        } else if due(ack_deadline) {
+                            self.unresponsive();
+                        } else if due(next_redial) {
+                            self.next_redial = None;
+                            Box::pin(self.demand()).await;
+                        } else if due(give_up_at) {
+                            self.give_up();
+                        } else if due(self.winner_due) {
+                            self.winner_due_passed(connected);
+                        } else if due(retire_at) {
+                            Box::pin(self.retire()).await;
+                            return;
+                        }
                     }
                 }
             }

@@ -387,32 +387,36 @@ const MIN_READ: usize = 256;
 /// Largest read the reader offers the stream at once.
 const MAX_READ: usize = 64 * 1024;
 
-async fn read_loop(
+// Not an `async fn`, for the reason `Driver::run` is not: the task would
+// carry its arguments twice.
+fn read_loop(
     mut stream: RecvStream,
     mut opener: Box<dyn Sealer>,
     conn: Arc<dyn Connection>,
     ctx: ReaderCtx,
     signals: Arc<Signals>,
-) {
-    let end = match read_frames(&mut stream, &mut *opener, &*conn, &ctx, &signals).await {
-        // The peer finished its stream at a frame boundary: it is shutting down.
-        Ok(()) => conn
-            .close_reason()
-            .map_or(SessionEnd::Finished, SessionEnd::Closed),
-        Err(ReadFailure::Closed) => SessionEnd::Closed(
-            conn.close_reason()
-                .unwrap_or_else(|| CloseReason::Lost("stream failed".into())),
-        ),
-        Err(ReadFailure::Protocol(kind, detail)) => {
-            ctx.sink.error(kind);
-            tracing::warn!(peer = %ctx.peer, %detail, "closing connection: protocol violation");
-            conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
-            SessionEnd::Protocol(detail)
-        }
-        Err(ReadFailure::AppGone) => SessionEnd::Closed(CloseReason::EndpointClosed),
-    };
-    *signals.ended.lock() = Some(end);
-    signals.notify.notify_one();
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let end = match read_frames(&mut stream, &mut *opener, &*conn, &ctx, &signals).await {
+            // The peer finished its stream at a frame boundary: it is shutting down.
+            Ok(()) => conn
+                .close_reason()
+                .map_or(SessionEnd::Finished, SessionEnd::Closed),
+            Err(ReadFailure::Closed) => SessionEnd::Closed(
+                conn.close_reason()
+                    .unwrap_or_else(|| CloseReason::Lost("stream failed".into())),
+            ),
+            Err(ReadFailure::Protocol(kind, detail)) => {
+                ctx.sink.error(kind);
+                tracing::warn!(peer = %ctx.peer, %detail, "closing connection: protocol violation");
+                conn.close(CloseCode::Protocol as u32, CloseCode::Protocol.reason());
+                SessionEnd::Protocol(detail)
+            }
+            Err(ReadFailure::AppGone) => SessionEnd::Closed(CloseReason::EndpointClosed),
+        };
+        *signals.ended.lock() = Some(end);
+        signals.notify.notify_one();
+    }
 }
 
 enum ReadFailure {
@@ -465,7 +469,16 @@ async fn read_frames(
             match frame {
                 Frame::Resume(r) => {
                     rules.on_resume(&r).map_err(rule_error)?;
-                    if ctx.recv.inbox.lock().await.on_resume(r.incarnation) {
+                    let restarted = match ctx.recv.inbox.try_lock() {
+                        Ok(mut inbox) => inbox.on_resume(r.incarnation),
+                        // Boxed, as every rare wait here: a future inline
+                        // would sit in every connection's reader task.
+                        Err(_) => {
+                            Box::pin(async { ctx.recv.inbox.lock().await.on_resume(r.incarnation) })
+                                .await
+                        }
+                    };
+                    if restarted {
                         // A new incarnation of the peer (or first contact).
                         *ctx.recv.taken.lock() = Taken {
                             incarnation: r.incarnation,
@@ -488,7 +501,9 @@ async fn read_frames(
                     // The order first (before the cost of opening it).
                     let inc = rules.on_batch(first, 1).map_err(rule_error)?;
                     if !adopted {
-                        signals.adopted().await;
+                        if !signals.adopted.load(Ordering::Acquire) {
+                            Box::pin(signals.adopted()).await;
+                        }
                         adopted = true;
                     }
                     let (aad, body, tag) = sealed.parts_mut();
@@ -498,52 +513,20 @@ async fn read_frames(
                     ctx.recv.used.store(true, Ordering::Release);
                     signals.carried.store(true, Ordering::Release);
                     let wire = sealed.frame_len();
-                    let mut messages =
+                    let messages =
                         decode_body(sealed.into_body(), &ctx.limits).map_err(decode_error)?;
-                    let count = messages.len();
-                    rules.on_batch(first, count).map_err(rule_error)?;
-                    ctx.sink.batch_received(count, wire);
-                    let mut inbox = ctx.recv.inbox.lock().await;
-                    let skip = match inbox.plan(inc, first, count) {
-                        InboxPlan::Deliver { skip } => skip,
-                        // Resent on this connection after another one
-                        // delivered it, or from a peer that restarted since.
-                        InboxPlan::Duplicate | InboxPlan::Stale => continue,
-                    };
-                    if skip > 0 {
-                        messages.drain(..skip);
+                    rules.on_batch(first, messages.len()).map_err(rule_error)?;
+                    ctx.sink.batch_received(messages.len(), wire);
+                    // In order and at most once (the inbox), held back
+                    // while the application is behind (`incoming_bytes`
+                    // and the `Incoming` channel).
+                    match try_deliver(ctx, inc, first, messages) {
+                        Attempt::Done => {}
+                        Attempt::Gone => return Err(ReadFailure::AppGone),
+                        Attempt::Wait(messages) => {
+                            Box::pin(deliver_waiting(ctx, inc, first, messages)).await?;
+                        }
                     }
-                    if messages.is_empty() {
-                        inbox.commit(inc, first, count);
-                        continue;
-                    }
-                    let bytes: usize = messages.iter().map(Bytes::len).sum();
-                    ctx.sink
-                        .messages_received(&mut messages.iter().map(Bytes::len));
-                    // Waits while the application holds `incoming_bytes`
-                    // unread (holding the inbox, like the channel below).
-                    let budget = u32::try_from(bytes).unwrap_or(u32::MAX);
-                    let Ok(budget) = ctx.incoming_budget.clone().acquire_many_owned(budget).await
-                    else {
-                        return Err(ReadFailure::AppGone);
-                    };
-                    ctx.sink.memory(bytes as isize);
-                    let delivery = Delivery {
-                        peer: ctx.peer,
-                        messages,
-                        receipt: Receipt {
-                            _budget: budget,
-                            recv: ctx.recv.clone(),
-                            incarnation: inc,
-                            end: first + count as u64,
-                        },
-                    };
-                    // Holding the inbox: the peer's batches go out one at a time, in order.
-                    if ctx.incoming.send(delivery).await.is_err() {
-                        ctx.sink.memory(-(bytes as isize));
-                        return Err(ReadFailure::AppGone);
-                    }
-                    inbox.commit(inc, first, count);
                 }
             }
         }
@@ -566,7 +549,8 @@ async fn read_frames(
         let read = match partial_since {
             Some(since) => {
                 let deadline = crate::driver::later(since, ctx.frame_timeout);
-                match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                // Boxed: the timer would otherwise sit in every reader task.
+                match Box::pin(tokio::time::timeout_at(deadline, stream.read_buf(&mut buf))).await {
                     Ok(r) => r,
                     Err(_) => {
                         return Err(ReadFailure::Protocol(
@@ -592,6 +576,114 @@ async fn read_frames(
             Err(_) => return Err(ReadFailure::Closed),
         }
     }
+}
+
+/// How [`try_deliver`] went.
+enum Attempt {
+    /// Delivered, or nothing to deliver (a duplicate, a stale batch).
+    Done,
+    /// The application is gone.
+    Gone,
+    /// It would have to wait (the inbox, the `incoming_bytes` budget or the
+    /// `Incoming` channel); nothing was done, the messages are given back.
+    Wait(Vec<Bytes>),
+}
+
+/// Delivers a batch's messages without waiting, if nothing is in the way:
+/// the common case, with no allocation. Otherwise leaves everything as it
+/// was for [`deliver_waiting`].
+fn try_deliver(ctx: &ReaderCtx, inc: u64, first: u64, mut messages: Vec<Bytes>) -> Attempt {
+    let count = messages.len();
+    let Ok(mut inbox) = ctx.recv.inbox.try_lock() else {
+        return Attempt::Wait(messages);
+    };
+    let skip = match inbox.plan(inc, first, count) {
+        InboxPlan::Deliver { skip } => skip,
+        InboxPlan::Duplicate | InboxPlan::Stale => return Attempt::Done,
+    };
+    if skip == count {
+        inbox.commit(inc, first, count);
+        return Attempt::Done;
+    }
+    let bytes: usize = messages[skip..].iter().map(Bytes::len).sum();
+    let budget = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let budget = match ctx.incoming_budget.clone().try_acquire_many_owned(budget) {
+        Ok(b) => b,
+        Err(tokio::sync::TryAcquireError::Closed) => return Attempt::Gone,
+        Err(tokio::sync::TryAcquireError::NoPermits) => return Attempt::Wait(messages),
+    };
+    let slot = match ctx.incoming.try_reserve() {
+        Ok(slot) => slot,
+        Err(mpsc::error::TrySendError::Closed(())) => return Attempt::Gone,
+        Err(mpsc::error::TrySendError::Full(())) => return Attempt::Wait(messages),
+    };
+    messages.drain(..skip);
+    ctx.sink
+        .messages_received(&mut messages.iter().map(Bytes::len));
+    ctx.sink.memory(bytes as isize);
+    slot.send(Delivery {
+        peer: ctx.peer,
+        messages,
+        receipt: Receipt {
+            _budget: budget,
+            recv: ctx.recv.clone(),
+            incarnation: inc,
+            end: first + count as u64,
+        },
+    });
+    inbox.commit(inc, first, count);
+    Attempt::Done
+}
+
+/// [`try_deliver`], waiting where it would not (boxed by its caller).
+async fn deliver_waiting(
+    ctx: &ReaderCtx,
+    inc: u64,
+    first: u64,
+    mut messages: Vec<Bytes>,
+) -> Result<(), ReadFailure> {
+    let count = messages.len();
+    let mut inbox = ctx.recv.inbox.lock().await;
+    let skip = match inbox.plan(inc, first, count) {
+        InboxPlan::Deliver { skip } => skip,
+        // Resent on this connection after another one
+        // delivered it, or from a peer that restarted since.
+        InboxPlan::Duplicate | InboxPlan::Stale => return Ok(()),
+    };
+    if skip > 0 {
+        messages.drain(..skip);
+    }
+    if messages.is_empty() {
+        inbox.commit(inc, first, count);
+        return Ok(());
+    }
+    let bytes: usize = messages.iter().map(Bytes::len).sum();
+    ctx.sink
+        .messages_received(&mut messages.iter().map(Bytes::len));
+    // Waits while the application holds `incoming_bytes`
+    // unread (holding the inbox, like the channel below).
+    let budget = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let Ok(budget) = ctx.incoming_budget.clone().acquire_many_owned(budget).await else {
+        return Err(ReadFailure::AppGone);
+    };
+    ctx.sink.memory(bytes as isize);
+    let delivery = Delivery {
+        peer: ctx.peer,
+        messages,
+        receipt: Receipt {
+            _budget: budget,
+            recv: ctx.recv.clone(),
+            incarnation: inc,
+            end: first + count as u64,
+        },
+    };
+    // Holding the inbox: the peer's batches go out one at a time, in order.
+    if ctx.incoming.send(delivery).await.is_err() {
+        ctx.sink.memory(-(bytes as isize));
+        return Err(ReadFailure::AppGone);
+    }
+    inbox.commit(inc, first, count);
+    Ok(())
 }
 
 /// Bytes of a buffer accounted in the `memory` gauge, returned on drop.
