@@ -379,6 +379,11 @@ impl ConnectionManager {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// This node's identity.
     pub fn local_peer(&self) -> PeerId {
         self.shared.local

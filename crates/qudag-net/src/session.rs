@@ -711,3 +711,32 @@ impl Drop for Held {
         self.sink.memory(-(self.bytes as isize));
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::{ConnectionManager, ManagerConfig, MemoryNetwork, Transport};
+    use qudag_transport::PeerAddr;
+
+    /// Every connection's reader task holds this future for as long as the
+    /// connection lives, pooled or not (docs/ARCHITECTURE.md, "idle
+    /// cost"): 792 bytes with rustc 1.95; 1,296 as an `async fn` whose
+    /// delivery waits sat inline. The bound leaves room for compiler
+    /// versions, not for those waits to come back.
+    #[tokio::test]
+    async fn the_reader_task_stays_small() {
+        let net = MemoryNetwork::new();
+        let a = Arc::new(net.bind(PeerId::from_bytes([1; 32])));
+        let b = net.bind(PeerId::from_bytes([2; 32]));
+        let to = PeerAddr::new(b.local_peer(), b.local_addr());
+        let m = ConnectionManager::new(ManagerConfig::default(), a.clone()).unwrap();
+        let conn = a.dial(&to).await.unwrap();
+        let (_writer, stream) = conn.open_stream().await.unwrap();
+        let ctx = m.shared().reader_ctx(to.peer, RecvState::new()).unwrap();
+        let opener = default_sealer(SessionKey::from_bytes([7; KEY_LEN]));
+        let reader = read_loop(stream, opener, conn, ctx, Arc::new(Signals::default()));
+        let size = std::mem::size_of_val(&reader);
+        assert!(size <= 1_024, "read_loop is {size} bytes");
+        m.shutdown(std::time::Duration::ZERO).await;
+    }
+}
