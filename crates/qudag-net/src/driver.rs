@@ -583,9 +583,15 @@ impl Driver {
                 }
             }
             Ctl::Disconnect(reply) => {
-                if let Some(s) = &self.session {
+                if let Some(s) = self.session.as_mut() {
                     if !self.idle {
                         self.idle = true;
+                        // A pooled connection keeps no frame buffer (a
+                        // burst may have grown it to MAX_IDLE_WRITE_BUF);
+                        // the next frame allocates one.
+                        s.buf = bytes::BytesMut::new();
+                        s.account_buf(&*self.shared.sink);
+                        let s = self.session.as_ref().expect("just used");
                         self.set_state(ConnState::Disconnected);
                         let handle = Pooled(s.handle.clone());
                         if let Some(old) = self.shared.pool.checkin(self.peer.id, handle, std_now())

@@ -545,7 +545,7 @@ async fn read_frames(
         if !buf.is_empty() {
             partial_since.get_or_insert_with(tokio::time::Instant::now);
         }
-        let offered = buf.capacity() - buf.len();
+        let mut offered = buf.capacity() - buf.len();
         let read = match partial_since {
             Some(since) => {
                 let deadline = crate::driver::later(since, ctx.frame_timeout);
@@ -560,6 +560,20 @@ async fn read_frames(
                     }
                 }
             }
+            // The buffer is empty (nothing partial). If a burst grew it and
+            // the read would wait (the connection went quiet), it goes
+            // back to MIN_READ first: an idle connection holds MIN_READ,
+            // whatever it carried before.
+            None if buf.capacity() > MIN_READ => match poll_once(stream.read_buf(&mut buf)).await {
+                Some(r) => r,
+                None => {
+                    chunk = MIN_READ;
+                    buf = BytesMut::with_capacity(MIN_READ);
+                    held.set(buf.capacity());
+                    offered = buf.capacity();
+                    stream.read_buf(&mut buf).await
+                }
+            },
             None => stream.read_buf(&mut buf).await,
         };
         match read {
@@ -684,6 +698,17 @@ async fn deliver_waiting(
     }
     inbox.commit(inc, first, count);
     Ok(())
+}
+
+/// Polls `fut` once: its output if it is ready now, `None` if it would wait
+/// (it is then dropped, so it must be cancel-safe).
+async fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// Bytes of a buffer accounted in the `memory` gauge, returned on drop.

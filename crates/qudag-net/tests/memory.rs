@@ -298,6 +298,52 @@ async fn pooled_reuse_does_not_dial() {
     assert_eq!(net.live_connections(), 1);
 }
 
+/// The buffers a burst of large messages grew go back once the connection
+/// is quiet: the sender's frame buffer when the connection is pooled, the
+/// receiver's read buffer as soon as its next read would wait. (Before, a
+/// pooled connection kept up to 256 KiB of frame buffer and a read buffer
+/// of twice the largest read.)
+#[tokio::test]
+async fn a_quiet_connection_gives_back_what_a_burst_grew() {
+    let net = MemoryNetwork::new();
+    let a = node(&net, "a");
+    let mut b = node(&net, "b");
+    a.mgr.connect(b.addr).await.unwrap();
+    // One message per batch, each frame under the 256-KiB cap above which
+    // the frame buffer is dropped after every write anyway.
+    let big = Bytes::from(vec![7u8; 200 * 1024]);
+    for _ in 0..4 {
+        a.mgr.send(&b.addr.peer, big.clone()).await.unwrap();
+        assert_eq!(
+            recv_n(&mut b.incoming, a.addr.peer, 1).await,
+            vec![big.clone()]
+        );
+    }
+    // Yields until a has every ACK and b's reader went quiet.
+    let settled = async {
+        while a.mgr.metrics_snapshot().messages_acked < 4
+            || b.mgr.metrics_snapshot().memory_bytes > 1024
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "b holds {} bytes after the burst",
+                b.mgr.metrics_snapshot().memory_bytes
+            )
+        });
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    assert_eq!(a.mgr.pooled_connections(), 1);
+    let held = a.mgr.metrics_snapshot().memory_bytes;
+    assert!(held <= 1024, "a pooled connection holds {held} bytes");
+    // Still usable: the next large message allocates what it needs.
+    a.mgr.send(&b.addr.peer, big.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut b.incoming, a.addr.peer, 1).await, vec![big]);
+}
+
 /// The listener side can pool too: a connection the peer dialed, put in the
 /// pool with `disconnect`, stays there (open, counted) until the pool
 /// timeout, whether or not the peer ever sent a message, and a send takes
