@@ -12,6 +12,9 @@
 //! read at: each sealer against the fastest bare ChaCha20-Poly1305 in the
 //! tree (ring's `LessSafeKey`, built once and kept).
 //!
+//! The `cipher_choice` group measures ring's AES-256-GCM beside the
+//! protocol's ChaCha20-Poly1305, for the question of a second cipher.
+//!
 //! Run: `cargo bench -p qudag-benches --bench sealer` (about a minute).
 //! Only that group: `cargo bench -p qudag-benches --bench sealer -- seal_vs_bare`.
 //! Paired ratios (finely interleaved, ratios only):
@@ -217,7 +220,53 @@ fn seal_vs_bare(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal, open, open_sealer, seal_vs_bare);
+/// The cipher the batch AEAD could use instead (a protocol change, not a
+/// backend choice: docs/bench-notes.md, `tput_64k`): ring's AES-256-GCM
+/// against ring's ChaCha20-Poly1305, the protocol's, sealing the same
+/// buffers with a key built once. On CPUs with AES-NI and carry-less
+/// multiply (VAES here) AES-GCM is the cheaper pass; without them it is the
+/// slower one, which is why the protocol's single cipher is ChaCha20.
+fn cipher_choice(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cipher_choice");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for size in [1024, 64 * 1024] {
+        group.throughput(Throughput::Bytes(size as u64));
+        for (name, alg) in [
+            ("baseline_chacha20_poly1305", &ring::aead::CHACHA20_POLY1305),
+            ("aes_256_gcm", &ring::aead::AES_256_GCM),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+                let key =
+                    ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &KEY).unwrap());
+                let mut buf = vec![0u8; size];
+                let mut seq = 0u64;
+                b.iter(|| {
+                    seq += 1;
+                    black_box(
+                        key.seal_in_place_separate_tag(
+                            ring::aead::Nonce::assume_unique_for_key(nonce_for(seq)),
+                            ring::aead::Aad::from(AAD),
+                            black_box(&mut buf),
+                        )
+                        .unwrap(),
+                    )
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    seal,
+    open,
+    open_sealer,
+    seal_vs_bare,
+    cipher_choice
+);
 
 /// `--paired`: each sealer against the bare ring AEAD, interleaved finely.
 ///

@@ -676,8 +676,9 @@ impl Driver {
                 Ok(session) => session,
                 Err(e) => {
                     // A refusal can close the connection while the session
-                    // is set up: then the acceptance says why (`Denied`),
-                    // not the stream that broke.
+                    // is set up. The QUIC transport then says `Denied`
+                    // itself; for a transport whose set-up errors do not
+                    // classify a refusal, the acceptance says why.
                     if confirm {
                         if let Err(denied @ TransportError::Denied { .. }) = conn.accepted().await {
                             return Err(denied.into());

@@ -181,6 +181,31 @@ async fn inbound_peer_off_the_allow_list_is_refused() {
     assert_eq!(l.peer(), stranger.id.peer_id());
 }
 
+/// The refusal can reach a dialer after `dial` returned, before it asked
+/// `accepted`: opening its stream then says `Denied` too, not "connection
+/// lost" (CI once saw the manager's `connect` report the latter).
+#[tokio::test]
+async fn a_refusal_met_while_opening_the_stream_is_denied() {
+    let stranger = Node::new(QuicConfig::default());
+    let mut config = QuicConfig::default();
+    config.allow_list(Some(Vec::<PeerId>::new()));
+    let host = Node::new(config);
+    let conn = timeout(GUARD, stranger.t.dial(&host.addr()))
+        .await
+        .expect("guard")
+        .expect("the dialer's side completes");
+    timeout(GUARD, conn.closed())
+        .await
+        .expect("the refusal closes the connection");
+    let Err(err) = timeout(GUARD, conn.open_stream()).await.expect("guard") else {
+        panic!("a closed connection opened a stream");
+    };
+    assert!(
+        matches!(&err, TransportError::Denied { peer } if *peer == host.id.peer_id()),
+        "{err:?}"
+    );
+}
+
 /// The listener's incarnation reaches the dialer with the handshake (its
 /// hello), so `dial` returns knowing it; the listener side knows none, and a
 /// listener that set none tells none.

@@ -423,9 +423,7 @@ fn dial_error(
                 detail: "the peer refused the connection (handshake limit or shutting down)".into(),
             }
         }
-        ConnectionError::ConnectionClosed(c)
-            if c.error_code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED) =>
-        {
+        ConnectionError::ConnectionClosed(_) if is_access_denied(&e) => {
             TransportError::Denied { peer: to.peer }
         }
         ConnectionError::ConnectionClosed(c)
@@ -904,6 +902,13 @@ impl QuicConnection {
     }
 
     fn closed_error(&self, e: &ConnectionError) -> TransportError {
+        // The listener's refusal (its allow-list's `access_denied` alert)
+        // can reach a dialer after `dial` returned, while it opens its
+        // stream: that is still a refusal, not a lost connection.
+        let first = self.conn.close_reason();
+        if self.side == Side::Dialer && is_access_denied(first.as_ref().unwrap_or(e)) {
+            return TransportError::Denied { peer: self.peer };
+        }
         TransportError::Closed {
             peer: self.peer,
             reason: self.close_reason().unwrap_or_else(|| self.reason(e)),
@@ -933,6 +938,12 @@ impl QuicConnection {
             detail,
         }
     }
+}
+
+/// The close a listener's allow-list refusal makes: TLS alert `access_denied`.
+fn is_access_denied(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ConnectionClosed(c)
+        if c.error_code == TransportErrorCode::crypto(ALERT_ACCESS_DENIED))
 }
 
 impl Drop for QuicConnection {
@@ -991,11 +1002,8 @@ impl Connection for QuicConnection {
     }
 
     async fn open_stream(&self) -> Result<(SendStream, RecvStream), TransportError> {
-        if let Some(reason) = self.close_reason() {
-            return Err(TransportError::Closed {
-                peer: self.peer,
-                reason,
-            });
+        if let Some(e) = self.conn.close_reason() {
+            return Err(self.closed_error(&e));
         }
         if self.stream_taken.swap(true, Ordering::AcqRel) {
             return Err(TransportError::StreamTaken { peer: self.peer });
