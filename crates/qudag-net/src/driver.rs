@@ -297,6 +297,7 @@ impl Driver {
     // Not an `async fn`: that would copy the driver (600 bytes) from its
     // argument slot into a local, and the task would carry both; the
     // block uses the captured driver in place.
+    #[allow(clippy::manual_async_fn, reason = "on purpose, see above")]
     fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             loop {

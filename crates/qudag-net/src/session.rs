@@ -389,6 +389,7 @@ const MAX_READ: usize = 64 * 1024;
 
 // Not an `async fn`, for the reason `Driver::run` is not: the task would
 // carry its arguments twice.
+#[allow(clippy::manual_async_fn, reason = "on purpose, see above")]
 fn read_loop(
     mut stream: RecvStream,
     mut opener: Box<dyn Sealer>,
@@ -545,7 +546,9 @@ async fn read_frames(
         if !buf.is_empty() {
             partial_since.get_or_insert_with(tokio::time::Instant::now);
         }
-        let mut offered = buf.capacity() - buf.len();
+        // How much the read was offered, for learning the read size; `None`
+        // for a read into a buffer that was just shrunk (see below).
+        let mut offered = Some(buf.capacity() - buf.len());
         let read = match partial_since {
             Some(since) => {
                 let deadline = crate::driver::later(since, ctx.frame_timeout);
@@ -561,16 +564,17 @@ async fn read_frames(
                 }
             }
             // The buffer is empty (nothing partial). If a burst grew it and
-            // the read would wait (the connection went quiet), it goes
-            // back to MIN_READ first: an idle connection holds MIN_READ,
-            // whatever it carried before.
+            // the read would wait (the connection went quiet), it goes back
+            // to MIN_READ first: an idle connection holds MIN_READ, whatever
+            // it carried before. The read size learned (`chunk`) stays, so
+            // a busy connection that catches up now and then pays one small
+            // read per quiet spell, not a ramp from MIN_READ.
             None if buf.capacity() > MIN_READ => match poll_once(stream.read_buf(&mut buf)).await {
                 Some(r) => r,
                 None => {
-                    chunk = MIN_READ;
                     buf = BytesMut::with_capacity(MIN_READ);
                     held.set(buf.capacity());
-                    offered = buf.capacity();
+                    offered = None;
                     stream.read_buf(&mut buf).await
                 }
             },
@@ -584,9 +588,11 @@ async fn read_frames(
                     Ok(())
                 }
             }
-            Ok(n) if n >= offered => chunk = (chunk * 2).min(MAX_READ),
-            Ok(n) if n < chunk / 4 => chunk = (chunk / 2).max(MIN_READ),
-            Ok(_) => {}
+            Ok(n) => match offered {
+                Some(offered) if n >= offered => chunk = (chunk * 2).min(MAX_READ),
+                Some(_) if n < chunk / 4 => chunk = (chunk / 2).max(MIN_READ),
+                _ => {}
+            },
             Err(_) => return Err(ReadFailure::Closed),
         }
     }
