@@ -349,6 +349,16 @@ impl MetricsSink for Metrics {
         add_u64(&self.core.payload_bytes_queued, bytes);
     }
 
+    fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for len in sizes {
+            count += 1;
+            bytes += len;
+        }
+        add_u64(&self.core.messages_queued, count);
+        add_u64(&self.core.payload_bytes_queued, bytes);
+    }
+
     fn batch_flushed(&self, messages: usize, bytes: usize) {
         self.core.batches_sent.fetch_add(1, Relaxed);
         add_u64(&self.core.messages_sent, messages);
@@ -618,9 +628,10 @@ mod tests {
     fn every_counter_after_known_events() {
         let m = Metrics::new();
         let t0 = Instant::now();
-        for _ in 0..5 {
+        for _ in 0..3 {
             m.message_queued(100);
         }
+        m.messages_queued(&mut [150, 50].into_iter());
         m.batch_flushed(5, 560);
         for i in 1..=4 {
             m.message_acked(100, ms(i));

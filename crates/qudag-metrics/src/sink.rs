@@ -301,6 +301,16 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
         let _ = bytes;
     }
 
+    /// `send_many` accepted several messages at once: the payload size of
+    /// each, in order. The default calls
+    /// [`message_queued`](Self::message_queued) for each;
+    /// [`Metrics`](crate::Metrics) updates its counters once per call.
+    fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
+        for bytes in sizes {
+            self.message_queued(bytes);
+        }
+    }
+
     /// A batch of `messages` messages went out; `bytes` is its size on the
     /// wire (framed and sealed).
     fn batch_flushed(&self, messages: usize, bytes: usize) {
@@ -467,6 +477,10 @@ impl MetricsSink for FanOut {
     fn message_queued(&self, bytes: usize) {
         forward!(self, message_queued(bytes));
     }
+    fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
+        let sizes: Vec<usize> = sizes.collect();
+        forward!(self, messages_queued(&mut sizes.iter().copied()));
+    }
     fn batch_flushed(&self, messages: usize, bytes: usize) {
         forward!(self, batch_flushed(messages, bytes));
     }
@@ -575,6 +589,7 @@ mod tests {
 
     fn feed_all(sink: &dyn MetricsSink) {
         sink.message_queued(1);
+        sink.messages_queued(&mut [10, 11].into_iter());
         sink.batch_flushed(2, 3);
         sink.message_acked(4, Duration::from_micros(5));
         sink.message_undelivered(6);
@@ -588,8 +603,10 @@ mod tests {
         sink.memory(-3);
     }
 
-    const EXPECTED: [&str; 12] = [
+    const EXPECTED: [&str; 14] = [
         "queued 1",
+        "queued 10",
+        "queued 11",
         "flushed 2 3",
         "acked 4 5",
         "undelivered 6",

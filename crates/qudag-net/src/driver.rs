@@ -531,6 +531,13 @@ impl Driver {
         }
     }
 
+    /// Gives back the queue's buffers if it is empty (a burst grew them;
+    /// an idle peer keeps none).
+    fn trim_queue(&mut self) {
+        self.peer.queue.trim();
+        self.taken = std::collections::VecDeque::new();
+    }
+
     /// Moves up to `max` queued messages into the batcher.
     fn take_queued(&mut self, max: usize) {
         let mut taken = std::mem::take(&mut self.taken);
@@ -592,6 +599,7 @@ impl Driver {
                         // the next frame allocates one.
                         s.buf = bytes::BytesMut::new();
                         s.account_buf(&*self.shared.sink);
+                        self.trim_queue();
                         let s = self.session.as_ref().expect("just used");
                         self.set_state(ConnState::Disconnected);
                         let handle = Pooled(s.handle.clone());
@@ -1095,6 +1103,10 @@ impl Driver {
             sink.memory(-(acked_bytes as isize));
             self.peer.budget.give(acked_bytes);
             sink.queued_messages(-(acked_list.len() as isize));
+            if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
+                // Everything written is acknowledged: nothing in flight.
+                self.trim_queue();
+            }
         }
         if self.outbox.acked() > before || (self.outbox.synced() && self.outbox.is_empty()) {
             // Progress: the peer is reachable and acknowledging.

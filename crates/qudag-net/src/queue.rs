@@ -160,6 +160,19 @@ impl<T> MsgQueue<T> {
         n
     }
 
+    /// Frees the buffer if the queue is empty (it keeps the capacity of
+    /// the largest burst otherwise).
+    pub(crate) fn trim(&self) {
+        let old = {
+            let mut state = self.state.lock();
+            if !state.items.is_empty() || state.items.capacity() == 0 {
+                return;
+            }
+            std::mem::take(&mut state.items)
+        };
+        drop(old);
+    }
+
     /// Refuses further items and returns those queued, in order; senders
     /// waiting for a slot get their items back.
     pub(crate) fn close(&self) -> VecDeque<T> {
@@ -182,11 +195,16 @@ pub(crate) struct Reservation<'a, T> {
 }
 
 impl<T> Reservation<'_, T> {
+    /// The reserved slots not filled yet.
+    pub(crate) fn left(&self) -> usize {
+        self.left
+    }
+
     /// Pushes the items `next` yields, in order, under one lock, until it
     /// yields `None` or the reserved slots are used up; returns how many it
     /// pushed. If the queue closed meanwhile, `next` is not called and
-    /// nothing is pushed.
-    pub(crate) fn fill(mut self, mut next: impl FnMut() -> Option<T>) -> Result<usize, Closed> {
+    /// nothing is pushed. May be called again for the slots left.
+    pub(crate) fn fill(&mut self, mut next: impl FnMut() -> Option<T>) -> Result<usize, Closed> {
         let (pushed, was_empty) = {
             let mut state = self.queue.state.lock();
             if state.closed {
@@ -234,8 +252,10 @@ mod tests {
     enum Op {
         Push,
         TryPush,
-        Reserve(usize, usize),
+        /// Reserve `n` slots, maybe close the queue, then offer `k` items.
+        Reserve(usize, usize, bool),
         Take(usize),
+        Trim,
         Close,
     }
 
@@ -243,8 +263,10 @@ mod tests {
         prop_oneof![
             3 => Just(Op::Push),
             3 => Just(Op::TryPush),
-            2 => (1usize..6, 0usize..8).prop_map(|(n, k)| Op::Reserve(n, k)),
+            2 => (1usize..6, 0usize..8, prop::bool::weighted(0.1))
+                .prop_map(|(n, k, close)| Op::Reserve(n, k, close)),
             3 => (0usize..6).prop_map(Op::Take),
+            1 => Just(Op::Trim),
             1 => Just(Op::Close),
         ]
     }
@@ -292,10 +314,18 @@ mod tests {
                             prop_assert_eq!(v, next);
                         }
                     },
-                    Op::Reserve(n, k) => {
+                    Op::Reserve(n, k, close) => {
                         let n = n.min(capacity);
                         match poll_once(pin!(q.reserve(n))) {
-                            Poll::Ready(Ok(r)) => {
+                            Poll::Ready(Ok(mut r)) if close => {
+                                // Closed between the reservation and the
+                                // fill: nothing is taken or pushed.
+                                let left: Vec<u32> = q.close().into_iter().collect();
+                                prop_assert_eq!(left, model.drain(..).collect::<Vec<_>>());
+                                closed = true;
+                                prop_assert_eq!(r.fill(|| panic!("not called")), Err(Closed));
+                            }
+                            Poll::Ready(Ok(mut r)) => {
                                 prop_assert!(!closed && model.len() + n <= capacity);
                                 let mut offered = 0;
                                 let pushed = r.fill(|| {
@@ -321,6 +351,7 @@ mod tests {
                         prop_assert_eq!(n, want.len());
                         prop_assert_eq!(out.drain(..).collect::<Vec<_>>(), want);
                     }
+                    Op::Trim => q.trim(),
                     Op::Close => {
                         let left: Vec<u32> = q.close().into_iter().collect();
                         prop_assert_eq!(left, model.drain(..).collect::<Vec<_>>());
@@ -363,9 +394,21 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(q.close(), [1]);
         assert_eq!(sender.await.unwrap(), Err(2));
-        // A closed queue is "ready" (the driver wakes to see the end).
-        q.ready().await;
         assert!(matches!(q.reserve(1).await, Err(Closed)));
+
+        // A driver already waiting on an empty queue wakes when it closes.
+        let q = std::sync::Arc::new(MsgQueue::<u32>::new(1));
+        let driver = tokio::spawn({
+            let q = q.clone();
+            async move { q.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!driver.is_finished(), "nothing to wake for yet");
+        assert!(q.close().is_empty());
+        tokio::time::timeout(std::time::Duration::from_secs(10), driver)
+            .await
+            .expect("close wakes the waiting driver")
+            .unwrap();
     }
 
     #[tokio::test]
@@ -382,25 +425,54 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!driver.is_finished());
-        let r = q.reserve(2).await.unwrap();
+        let mut r = q.reserve(2).await.unwrap();
         let mut items = [7, 8].into_iter();
         assert_eq!(r.fill(|| items.next()), Ok(2));
-        assert_eq!(driver.await.unwrap(), [7, 8]);
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(10), driver)
+            .await
+            .expect("the first item wakes the driver");
+        assert_eq!(taken.unwrap(), [7, 8]);
+    }
+
+    #[test]
+    fn trim_frees_an_empty_queues_buffer_only() {
+        let q = MsgQueue::new(200);
+        for i in 0..100 {
+            q.try_push(i).unwrap();
+        }
+        let mut out = VecDeque::new();
+        q.take_into(60, &mut out);
+        q.trim();
+        assert!(q.state.lock().items.capacity() >= 40, "not empty: kept");
+        out.clear();
+        q.take_into(60, &mut out);
+        // The swap handed the queue `out`'s old buffer.
+        assert!(q.state.lock().items.capacity() > 0);
+        q.trim();
+        assert_eq!(q.state.lock().items.capacity(), 0);
+        assert_eq!(out.len(), 40);
     }
 
     #[test]
     fn an_unfilled_reservation_gives_its_slots_back() {
         let q = MsgQueue::<u32>::new(3);
         let r = poll_once(pin!(q.reserve(3)));
-        let Poll::Ready(Ok(r)) = r else {
+        let Poll::Ready(Ok(mut r)) = r else {
             panic!("3 slots are free")
         };
         assert_eq!(q.try_push(1), Err(TryPushError::Full(1)));
         let mut one = Some(5);
         assert_eq!(r.fill(|| one.take()), Ok(1));
-        // Two slots unused went back.
-        assert_eq!(q.try_push(6), Ok(()));
+        assert_eq!(r.left(), 2);
+        let mut one = Some(6);
+        assert_eq!(r.fill(|| one.take()), Ok(1), "a second fill uses the rest");
+        assert_eq!(q.try_push(0), Err(TryPushError::Full(0)), "still reserved");
+        drop(r);
+        // The slot left unused went back.
         assert_eq!(q.try_push(7), Ok(()));
         assert_eq!(q.try_push(8), Err(TryPushError::Full(8)));
+        let mut out = VecDeque::new();
+        q.take_into(8, &mut out);
+        assert_eq!(out, [5, 6, 7]);
     }
 }

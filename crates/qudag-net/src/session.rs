@@ -386,6 +386,9 @@ pub(crate) async fn establish(
 const MIN_READ: usize = 256;
 /// Largest read the reader offers the stream at once.
 const MAX_READ: usize = 64 * 1024;
+/// How long a connection stays quiet before its reader gives back a read
+/// buffer a burst grew.
+const IDLE_SHRINK: std::time::Duration = std::time::Duration::from_millis(200);
 
 // Not an `async fn`, for the reason `Driver::run` is not: the task would
 // carry its arguments twice.
@@ -463,6 +466,9 @@ async fn read_frames(
     // Since when part of a frame has waited for the rest: an incomplete
     // frame may not hold its buffer longer than the frame timeout.
     let mut partial_since: Option<tokio::time::Instant> = None;
+    // While the buffer is larger than MIN_READ and the connection quiet:
+    // when to give it back. Allocated only then, and reused across waits.
+    let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let mut decoded = false;
         while let Some(frame) = decoder.decode(&mut buf).map_err(decode_error)? {
@@ -546,9 +552,7 @@ async fn read_frames(
         if !buf.is_empty() {
             partial_since.get_or_insert_with(tokio::time::Instant::now);
         }
-        // How much the read was offered, for learning the read size; `None`
-        // for a read into a buffer that was just shrunk (see below).
-        let mut offered = Some(buf.capacity() - buf.len());
+        let mut offered = buf.capacity() - buf.len();
         let read = match partial_since {
             Some(since) => {
                 let deadline = crate::driver::later(since, ctx.frame_timeout);
@@ -563,21 +567,29 @@ async fn read_frames(
                     }
                 }
             }
-            // The buffer is empty (nothing partial). If a burst grew it and
-            // the read would wait (the connection went quiet), it goes back
-            // to MIN_READ first: an idle connection holds MIN_READ, whatever
-            // it carried before. The read size learned (`chunk`) stays, so
-            // a busy connection that catches up now and then pays one small
-            // read per quiet spell, not a ramp from MIN_READ.
-            None if buf.capacity() > MIN_READ => match poll_once(stream.read_buf(&mut buf)).await {
-                Some(r) => r,
-                None => {
-                    buf = BytesMut::with_capacity(MIN_READ);
-                    held.set(buf.capacity());
-                    offered = None;
-                    stream.read_buf(&mut buf).await
+            // The buffer is empty (nothing partial) and a burst grew it.
+            // If the connection stays quiet for IDLE_SHRINK, the buffer goes
+            // back to MIN_READ (and the read size with it), so an idle
+            // connection holds MIN_READ whatever it carried before; a busy
+            // one that waits a moment between reads keeps its buffer.
+            None if buf.capacity() > MIN_READ => {
+                let timer =
+                    idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_SHRINK)));
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_SHRINK);
+                match read_or_idle(stream, &mut buf, timer.as_mut()).await {
+                    Some(r) => r,
+                    None => {
+                        idle_timer = None;
+                        chunk = MIN_READ;
+                        buf = BytesMut::with_capacity(MIN_READ);
+                        held.set(buf.capacity());
+                        offered = buf.capacity();
+                        stream.read_buf(&mut buf).await
+                    }
                 }
-            },
+            }
             None => stream.read_buf(&mut buf).await,
         };
         match read {
@@ -588,11 +600,9 @@ async fn read_frames(
                     Ok(())
                 }
             }
-            Ok(n) => match offered {
-                Some(offered) if n >= offered => chunk = (chunk * 2).min(MAX_READ),
-                Some(_) if n < chunk / 4 => chunk = (chunk / 2).max(MIN_READ),
-                _ => {}
-            },
+            Ok(n) if n >= offered => chunk = (chunk * 2).min(MAX_READ),
+            Ok(n) if n < chunk / 4 => chunk = (chunk / 2).max(MIN_READ),
+            Ok(_) => {}
             Err(_) => return Err(ReadFailure::Closed),
         }
     }
@@ -706,13 +716,20 @@ async fn deliver_waiting(
     Ok(())
 }
 
-/// Polls `fut` once: its output if it is ready now, `None` if it would wait
-/// (it is then dropped, so it must be cancel-safe).
-async fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
+/// Reads into `buf`, or gives up (`None`, having read nothing: tokio's
+/// `read_buf` is cancel-safe) once `idle` fires first.
+async fn read_or_idle(
+    stream: &mut RecvStream,
+    buf: &mut BytesMut,
+    mut idle: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<std::io::Result<usize>> {
+    use std::future::Future;
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = read.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        idle.as_mut().poll(cx).map(|()| None)
     })
     .await
 }
