@@ -120,23 +120,22 @@ impl CtlQueue {
         }
     }
 
-    /// Refuses further commands; those already queued are still received
-    /// (a waiting receiver wakes to see the end).
-    fn close(&self) {
-        self.state.lock().closed = true;
-        self.notify.notify_one();
-    }
-
     /// Refuses further commands and drops those queued (as dropping a
     /// channel's receiver does): a `connect` waiting on one hears that the
     /// driver is gone.
     fn close_and_clear(&self) {
+        drop(self.close_and_take());
+    }
+
+    /// Refuses further commands and returns those queued, in order.
+    fn close_and_take(&self) -> std::collections::VecDeque<Ctl> {
         let left = {
             let mut state = self.state.lock();
             state.closed = true;
             std::mem::take(&mut state.items)
         };
-        drop(left);
+        self.notify.notify_one();
+        left
     }
 }
 
@@ -246,11 +245,16 @@ impl Driver {
         recv: Option<Arc<RecvState>>,
     ) -> Arc<Peer> {
         let (peer, driver) = Driver::new(shared, id, addr, recv);
+        driver.start();
+        peer
+    }
+
+    /// Runs the driver in its own task.
+    fn start(self) {
         // Everything the driver logs, and the spans of the connections it
         // dials, sit under one span per peer.
-        let span = tracing::info_span!(parent: None, "peer", peer = %id);
-        tokio::spawn(driver.run().instrument(span));
-        peer
+        let span = tracing::info_span!(parent: None, "peer", peer = %self.peer.id);
+        tokio::spawn(self.run().instrument(span));
     }
 
     fn new(
@@ -426,27 +430,74 @@ impl Driver {
     /// driver, so nothing accepted is lost.
     async fn retire(&mut self) {
         let id = self.peer.id;
-        let me = &self.peer;
         // Before a successor can exist: it numbers from the floor.
         self.shared.number_floor.fetch_max(
             self.outbox.next_number(),
             std::sync::atomic::Ordering::AcqRel,
         );
-        self.shared.peers.remove_if(&id, |_, p| Arc::ptr_eq(p, me));
-        // Everything that entered the queue: a sender that pushes after
-        // this gets its message back and retries on a fresh driver.
-        let late = self.peer.queue.close();
-        self.peer.ctl.close();
+        let shutting_down = self.shared.is_shutting_down();
+        // Under the peer table's entry lock: close both queues and, if work
+        // raced in, put a successor that already holds it in this driver's
+        // place. A sender that misses this driver finds the successor with
+        // the messages that beat it already queued ahead of its own (its
+        // message back from the closed queue, it retries there); with the
+        // lookup, the close and the hand-over apart, a second message of
+        // the same sender could overtake the first.
+        let mut successor = None;
+        let mut refused = Vec::new();
+        let (late, late_ctl) = match self.shared.peers.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(mut entry)
+                if Arc::ptr_eq(entry.get(), &self.peer) =>
+            {
+                let late = self.peer.queue.close();
+                let late_ctl = self.peer.ctl.close_and_take();
+                if (late.is_empty() && late_ctl.is_empty()) || shutting_down {
+                    entry.remove();
+                    (late, late_ctl)
+                } else {
+                    let addr = *self.peer.addr.lock();
+                    // The successor keeps this driver's receiving state: a
+                    // session set up against it meanwhile (its reader holds
+                    // it) stays valid there.
+                    let (next, driver) =
+                        Driver::new(self.shared.clone(), id, addr, Some(self.peer.recv.clone()));
+                    for env in late {
+                        let len = env.payload.len();
+                        // Its bytes move with it (already accepted: they may overshoot).
+                        next.budget.force_take(len);
+                        match next.queue.try_push(env) {
+                            Ok(()) => self.peer.budget.give(len),
+                            Err(TryPushError::Full(env) | TryPushError::Closed(env)) => {
+                                next.budget.give(len);
+                                refused.push(env);
+                            }
+                        }
+                    }
+                    for ctl in late_ctl {
+                        let _ = next.ctl.send(ctl);
+                    }
+                    entry.insert(next);
+                    successor = Some(driver);
+                    Default::default()
+                }
+            }
+            // Not this driver's entry (only `retire` removes one, so this
+            // does not happen): close and settle below all the same.
+            _ => (self.peer.queue.close(), self.peer.ctl.close_and_take()),
+        };
         self.shared.backoff.forget(&id);
-        let mut late_ctl = Vec::new();
-        while let Some(ctl) = self.peer.ctl.recv().await {
-            late_ctl.push(ctl);
+        let moved = successor.is_some();
+        if let Some(driver) = successor {
+            driver.start();
         }
-        tracing::debug!(peer = %id, late = late.len() + late_ctl.len(), "idle peer driver retires");
+        // A full successor queue is impossible (same capacity, it started
+        // empty); should it ever refuse, the message goes back, not away.
+        self.hand_back(refused, UndeliveredReason::Unreachable, false);
+        tracing::debug!(peer = %id, moved, late = late.len() + late_ctl.len(), "idle peer driver retires");
         if late.is_empty() && late_ctl.is_empty() {
             return;
         }
-        if self.shared.is_shutting_down() {
+        if shutting_down {
             // A successor would not be told to shut down: settle it here.
             self.hand_back(late.into(), UndeliveredReason::Shutdown, false);
             for ctl in late_ctl {
@@ -466,15 +517,13 @@ impl Driver {
             }
             return;
         }
+        // Only on the path that cannot happen (see above).
         let addr = *self.peer.addr.lock();
-        // The successor keeps this driver's receiving state: a session set
-        // up against it meanwhile (its reader holds it) stays valid there.
         let next = self
             .shared
             .peer_with(id, addr, Some(self.peer.recv.clone()));
         for env in late {
             let len = env.payload.len();
-            // Its bytes move with it (already accepted: they may overshoot).
             next.budget.force_take(len);
             match next.queue.try_push(env) {
                 Ok(()) => self.peer.budget.give(len),
@@ -1580,8 +1629,8 @@ mod ctl_queue_tests {
     }
 
     /// In order; a receive cancelled after its wake-up loses nothing; after
-    /// `close` new commands come back and queued ones are still received,
-    /// then `None`.
+    /// `close_and_take` new commands come back, the queued ones are
+    /// returned in order, and `recv` says `None`.
     #[tokio::test]
     async fn commands_arrive_in_order_and_close_refuses_new_ones() {
         let q = CtlQueue::default();
@@ -1594,10 +1643,11 @@ mod ctl_queue_tests {
         // Woken (a permit is stored) but dropped before it is polled again.
         let pending = q.recv();
         drop(pending);
-        q.close();
+        let left = q.close_and_take();
         let (c, _rc) = disconnect();
         assert!(matches!(q.send(c), Err(Ctl::Disconnect(_))));
-        answer(q.recv().await);
+        assert_eq!(left.len(), 1);
+        answer(left.into_iter().next());
         assert_eq!(rb.try_recv(), Ok(()));
         assert!(q.recv().await.is_none());
     }
