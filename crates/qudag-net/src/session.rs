@@ -768,7 +768,7 @@ mod size_tests {
 
     /// Every connection's reader task holds this future for as long as the
     /// connection lives, pooled or not (docs/ARCHITECTURE.md, "idle
-    /// cost"): 792 bytes with rustc 1.95; 1,296 as an `async fn` whose
+    /// cost"): 840 bytes with rustc 1.95; 1,296 as an `async fn` whose
     /// delivery waits sat inline. The bound leaves room for compiler
     /// versions, not for those waits to come back.
     #[tokio::test]
