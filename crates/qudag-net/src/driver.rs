@@ -461,21 +461,7 @@ impl Driver {
                     // it) stays valid there.
                     let (next, driver) =
                         Driver::new(self.shared.clone(), id, addr, Some(self.peer.recv.clone()));
-                    for env in late {
-                        let len = env.payload.len();
-                        // Its bytes move with it (already accepted: they may overshoot).
-                        next.budget.force_take(len);
-                        match next.queue.try_push(env) {
-                            Ok(()) => self.peer.budget.give(len),
-                            Err(TryPushError::Full(env) | TryPushError::Closed(env)) => {
-                                next.budget.give(len);
-                                refused.push(env);
-                            }
-                        }
-                    }
-                    for ctl in late_ctl {
-                        let _ = next.ctl.send(ctl);
-                    }
+                    refused = self.hand_over(&next, late, late_ctl);
                     entry.insert(next);
                     successor = Some(driver);
                     Default::default()
@@ -522,20 +508,35 @@ impl Driver {
         let next = self
             .shared
             .peer_with(id, addr, Some(self.peer.recv.clone()));
+        let refused = self.hand_over(&next, late, late_ctl);
+        self.hand_back(refused, UndeliveredReason::Unreachable, false);
+    }
+
+    /// Moves what raced with the retirement to `next`, in order; returns
+    /// the messages its queue refused.
+    fn hand_over(
+        &self,
+        next: &Peer,
+        late: std::collections::VecDeque<Envelope>,
+        late_ctl: std::collections::VecDeque<Ctl>,
+    ) -> Vec<Envelope> {
+        let mut refused = Vec::new();
         for env in late {
             let len = env.payload.len();
+            // Its bytes move with it (already accepted: they may overshoot).
             next.budget.force_take(len);
             match next.queue.try_push(env) {
                 Ok(()) => self.peer.budget.give(len),
                 Err(TryPushError::Full(env) | TryPushError::Closed(env)) => {
                     next.budget.give(len);
-                    self.hand_back(vec![env], UndeliveredReason::Unreachable, false);
+                    refused.push(env);
                 }
             }
         }
         for ctl in late_ctl {
             let _ = next.ctl.send(ctl);
         }
+        refused
     }
 
     /// How long this driver stays with nothing to do before it retires. A

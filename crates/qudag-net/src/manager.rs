@@ -615,68 +615,62 @@ impl ConnectionManager {
                 },
             };
             let n = (msgs.len() - next).min(p.queue.capacity());
-            let Ok(mut slots) = p.queue.reserve(n).await else {
-                // The driver retired since the lookup: once more on a
-                // fresh one; twice in a row means the manager is shutting down.
-                failed += 1;
-                if failed == 2 {
-                    return Err(SendManyError {
-                        accepted: next,
-                        reason: SendManyReason::Shutdown,
-                        unsent: msgs.split_off(next),
-                    });
-                }
-                continue;
-            };
-            let (mut count, mut bytes, mut short, mut closed) = (0, 0, None, false);
-            while slots.left() > 0 && short.is_none() {
-                // Up to 64 messages that fit the peer's byte budget; their
-                // sizes are kept for the metrics sink, told after the
-                // queue's lock (a sink is the application's code).
-                let mut lens = [0usize; 64];
-                let mut k = 0;
-                while k < lens.len().min(slots.left()) {
-                    let len = msgs[next + k].len();
-                    if !p.budget.try_take(len) {
-                        // Over the budget: wait for room below.
-                        short = Some(len);
-                        break;
+            let (mut count, mut bytes, mut short) = (0, 0, None);
+            // The driver retired since the lookup (its queue closed).
+            let mut closed = false;
+            match p.queue.reserve(n).await {
+                Err(_) => closed = true,
+                Ok(mut slots) => {
+                    while slots.left() > 0 && short.is_none() {
+                        // Up to 64 messages that fit the peer's byte budget; their
+                        // sizes are kept for the metrics sink, told after the
+                        // queue's lock (a sink is the application's code).
+                        let mut lens = [0usize; 64];
+                        let mut k = 0;
+                        while k < lens.len().min(slots.left()) {
+                            let len = msgs[next + k].len();
+                            if !p.budget.try_take(len) {
+                                // Over the budget: wait for room below.
+                                short = Some(len);
+                                break;
+                            }
+                            lens[k] = len;
+                            k += 1;
+                        }
+                        if k == 0 {
+                            break;
+                        }
+                        let taken: usize = lens[..k].iter().sum();
+                        let (mut i, end) = (next, next + k);
+                        let pushed = slots.fill(|| {
+                            (i < end).then(|| {
+                                let payload = std::mem::take(&mut msgs[i]);
+                                i += 1;
+                                Envelope { payload, sent_at }
+                            })
+                        });
+                        if pushed.is_err() {
+                            p.budget.give(taken);
+                            closed = true;
+                            break;
+                        }
+                        next = end;
+                        count += k;
+                        bytes += taken;
+                        self.shared
+                            .sink
+                            .messages_queued(&mut lens[..k].iter().copied());
                     }
-                    lens[k] = len;
-                    k += 1;
                 }
-                if k == 0 {
-                    break;
-                }
-                let taken: usize = lens[..k].iter().sum();
-                let (mut i, end) = (next, next + k);
-                let pushed = slots.fill(|| {
-                    (i < end).then(|| {
-                        let payload = std::mem::take(&mut msgs[i]);
-                        i += 1;
-                        Envelope { payload, sent_at }
-                    })
-                });
-                if pushed.is_err() {
-                    p.budget.give(taken);
-                    closed = true;
-                    break;
-                }
-                next = end;
-                count += k;
-                bytes += taken;
-                self.shared
-                    .sink
-                    .messages_queued(&mut lens[..k].iter().copied());
             }
-            drop(slots);
             if count > 0 {
                 self.shared.sink.queued_messages(count as isize);
                 self.shared.sink.memory(bytes as isize);
                 failed = 0;
             }
             if closed {
-                // As for a refused reservation above.
+                // Once more on a fresh driver; twice in a row means the
+                // manager is shutting down.
                 failed += 1;
                 if failed == 2 {
                     return Err(SendManyError {

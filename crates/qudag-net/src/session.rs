@@ -651,18 +651,31 @@ fn try_deliver(ctx: &ReaderCtx, inc: u64, first: u64, mut messages: Vec<Bytes>) 
     ctx.sink
         .messages_received(&mut messages.iter().map(Bytes::len));
     ctx.sink.memory(bytes as isize);
-    slot.send(Delivery {
+    slot.send(delivery(ctx, inc, first + count as u64, messages, budget));
+    inbox.commit(inc, first, count);
+    Attempt::Done
+}
+
+/// The messages of one batch for `Incoming`, with the receipt that
+/// acknowledges them (every message of incarnation `inc` below `end`) and
+/// holds their share of `incoming_bytes`.
+fn delivery(
+    ctx: &ReaderCtx,
+    inc: u64,
+    end: u64,
+    messages: Vec<Bytes>,
+    budget: tokio::sync::OwnedSemaphorePermit,
+) -> Delivery {
+    Delivery {
         peer: ctx.peer,
         messages,
         receipt: Receipt {
             _budget: budget,
             recv: ctx.recv.clone(),
             incarnation: inc,
-            end: first + count as u64,
+            end,
         },
-    });
-    inbox.commit(inc, first, count);
-    Attempt::Done
+    }
 }
 
 /// [`try_deliver`], waiting where it would not (boxed by its caller).
@@ -697,16 +710,7 @@ async fn deliver_waiting(
         return Err(ReadFailure::AppGone);
     };
     ctx.sink.memory(bytes as isize);
-    let delivery = Delivery {
-        peer: ctx.peer,
-        messages,
-        receipt: Receipt {
-            _budget: budget,
-            recv: ctx.recv.clone(),
-            incarnation: inc,
-            end: first + count as u64,
-        },
-    };
+    let delivery = delivery(ctx, inc, first + count as u64, messages, budget);
     // Holding the inbox: the peer's batches go out one at a time, in order.
     if ctx.incoming.send(delivery).await.is_err() {
         ctx.sink.memory(-(bytes as isize));
