@@ -478,6 +478,19 @@ impl ConnectionManager {
     }
 
     fn check_send(&self, peer: &PeerId, msg: Bytes) -> Result<(Arc<Peer>, Envelope), SendError> {
+        let env = self.envelope(msg)?;
+        let Some(p) = self.driver_for(peer) else {
+            return Err(SendError::UnknownPeer {
+                peer: *peer,
+                msg: env.payload,
+            });
+        };
+        Ok((p, env))
+    }
+
+    /// Checks what `send` checks before it looks the peer up (shutdown, size)
+    /// and stamps the message.
+    fn envelope(&self, msg: Bytes) -> Result<Envelope, SendError> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::Shutdown { msg });
         }
@@ -489,16 +502,29 @@ impl ConnectionManager {
                 msg,
             });
         }
-        let Some(p) = self.driver_for(peer) else {
-            return Err(SendError::UnknownPeer { peer: *peer, msg });
-        };
-        Ok((
-            p,
-            Envelope {
-                payload: msg,
-                sent_at: Instant::now(),
-            },
-        ))
+        Ok(Envelope {
+            payload: msg,
+            sent_at: Instant::now(),
+        })
+    }
+
+    /// Queues `env` for `p` if its byte budget and a queue slot are free now,
+    /// and returns its length, for [`accepted`](Self::accepted) (which the
+    /// caller calls once it let go of any lock: it runs the sink's code).
+    fn push_now(p: &Peer, env: Envelope) -> Result<usize, TryPushError<Envelope>> {
+        let len = env.payload.len();
+        // A full queue is the usual reason to wait: seen before the budget
+        // is taken, it costs a load instead of a take and a give.
+        if !p.queue.has_room() || !p.budget.try_take(len) {
+            return Err(TryPushError::Full(env));
+        }
+        match p.queue.try_push(env) {
+            Ok(()) => Ok(len),
+            Err(e) => {
+                p.budget.give(len);
+                Err(e)
+            }
+        }
     }
 
     fn accepted(&self, len: usize) {
@@ -513,7 +539,25 @@ impl ConnectionManager {
     /// application in order, or handed back through [`Events`] as
     /// [`Event::Undelivered`]. Never both silently, never neither.
     pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
-        let (p, env) = self.check_send(peer, msg)?;
+        let env = self.envelope(msg)?;
+        // The common case, with room now: no wait, so no future to poll and
+        // no `Arc` to clone; the peer table's read guard keeps the driver's
+        // queue from being retired meanwhile (`retire` closes it under the
+        // entry's write lock).
+        let pushed = match self.shared.peers.get(peer) {
+            Some(p) => Self::push_now(&p, env),
+            None => Err(TryPushError::Full(env)),
+        };
+        let env = match pushed {
+            Ok(len) => {
+                self.accepted(len);
+                return Ok(());
+            }
+            Err(TryPushError::Full(env) | TryPushError::Closed(env)) => env,
+        };
+        // Wait for room, on a driver of our own (`Arc`): started again if
+        // the peer's had retired.
+        let (p, env) = self.check_send(peer, env.payload)?;
         let len = env.payload.len();
         let env = {
             let reserved = p.budget.take(len).await;
@@ -711,31 +755,27 @@ impl ConnectionManager {
     }
 
     fn try_send_once(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
-        let (p, env) = self.check_send(peer, msg)?;
-        let len = env.payload.len();
-        if !p.budget.try_take(len) {
-            return Err(SendError::Full {
+        let env = self.envelope(msg)?;
+        let pushed = match self.shared.peers.get(peer) {
+            Some(p) => Self::push_now(&p, env),
+            // Retired: started again if the application connected to it.
+            None => match self.driver_for(peer) {
+                Some(p) => Self::push_now(&p, env),
+                None => {
+                    return Err(SendError::UnknownPeer {
+                        peer: *peer,
+                        msg: env.payload,
+                    })
+                }
+            },
+        };
+        pushed.map(|len| self.accepted(len)).map_err(|e| match e {
+            TryPushError::Full(e) => SendError::Full {
                 peer: *peer,
-                msg: env.payload,
-            });
-        }
-        match p.queue.try_push(env) {
-            Ok(()) => {
-                self.accepted(len);
-                Ok(())
-            }
-            Err(TryPushError::Full(e)) => {
-                p.budget.give(len);
-                Err(SendError::Full {
-                    peer: *peer,
-                    msg: e.payload,
-                })
-            }
-            Err(TryPushError::Closed(e)) => {
-                p.budget.give(len);
-                Err(SendError::Shutdown { msg: e.payload })
-            }
-        }
+                msg: e.payload,
+            },
+            TryPushError::Closed(e) => SendError::Shutdown { msg: e.payload },
+        })
     }
 
     /// Takes the stream of received messages (once; later calls return `None`).

@@ -85,6 +85,12 @@ impl<T> MsgQueue<T> {
         self.put(item)
     }
 
+    /// True if a slot is free now: a hint (another sender may take it
+    /// first), for callers that would otherwise undo work when the push fails.
+    pub(crate) fn has_room(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
     /// Queues `item` if a slot is free.
     pub(crate) fn try_push(&self, item: T) -> Result<(), TryPushError<T>> {
         match self.slots.try_acquire() {
