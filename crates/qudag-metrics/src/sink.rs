@@ -319,6 +319,12 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
 
     /// The peer acknowledged one message of `bytes` payload bytes; `latency`
     /// is the time from `send` to the ack. Called once per message.
+    ///
+    /// Under load the connection manager reads the clock once per batch, not
+    /// per `send`: a message queued behind others shares the time stamp of
+    /// the first one queued since the peer's driver last took from the
+    /// queue, so its latency can read high by up to that interval (one
+    /// batch under load), never low.
     fn message_acked(&self, bytes: usize, latency: Duration) {
         let _ = (bytes, latency);
     }

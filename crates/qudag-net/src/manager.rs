@@ -478,19 +478,21 @@ impl ConnectionManager {
     }
 
     fn check_send(&self, peer: &PeerId, msg: Bytes) -> Result<(Arc<Peer>, Envelope), SendError> {
-        let env = self.envelope(msg)?;
+        let msg = self.checked(msg)?;
         let Some(p) = self.driver_for(peer) else {
-            return Err(SendError::UnknownPeer {
-                peer: *peer,
-                msg: env.payload,
-            });
+            return Err(SendError::UnknownPeer { peer: *peer, msg });
         };
-        Ok((p, env))
+        Ok((
+            p,
+            Envelope {
+                payload: msg,
+                sent_at: Instant::now(),
+            },
+        ))
     }
 
-    /// Checks what `send` checks before it looks the peer up (shutdown, size)
-    /// and stamps the message.
-    fn envelope(&self, msg: Bytes) -> Result<Envelope, SendError> {
+    /// Checks what `send` checks before it looks the peer up: shutdown, size.
+    fn checked(&self, msg: Bytes) -> Result<Bytes, SendError> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(SendError::Shutdown { msg });
         }
@@ -502,23 +504,24 @@ impl ConnectionManager {
                 msg,
             });
         }
-        Ok(Envelope {
-            payload: msg,
-            sent_at: Instant::now(),
-        })
+        Ok(msg)
     }
 
-    /// Queues `env` for `p` if its byte budget and a queue slot are free now,
+    /// Queues `msg` for `p` if its byte budget and a queue slot are free now,
     /// and returns its length, for [`accepted`](Self::accepted) (which the
     /// caller calls once it let go of any lock: it runs the sink's code).
-    fn push_now(p: &Peer, env: Envelope) -> Result<usize, TryPushError<Envelope>> {
-        let len = env.payload.len();
+    /// The message is stamped by the queue's coarse clock
+    /// ([`MsgQueue::try_push_stamped`](crate::queue::MsgQueue::try_push_stamped)):
+    /// under load one clock read per batch, not per message.
+    fn push_now(p: &Peer, msg: Bytes) -> Result<usize, TryPushError<Bytes>> {
+        let len = msg.len();
         // A full queue is the usual reason to wait: seen before the budget
         // is taken, it costs a load instead of a take and a give.
         if !p.queue.has_room() || !p.budget.try_take(len) {
-            return Err(TryPushError::Full(env));
+            return Err(TryPushError::Full(msg));
         }
-        match p.queue.try_push(env) {
+        let envelope = |payload, sent_at| Envelope { payload, sent_at };
+        match p.queue.try_push_stamped(msg, envelope) {
             Ok(()) => Ok(len),
             Err(e) => {
                 p.budget.give(len);
@@ -539,25 +542,25 @@ impl ConnectionManager {
     /// application in order, or handed back through [`Events`] as
     /// [`Event::Undelivered`]. Never both silently, never neither.
     pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
-        let env = self.envelope(msg)?;
+        let msg = self.checked(msg)?;
         // The common case, with room now: no wait, so no future to poll and
         // no `Arc` to clone; the peer table's read guard keeps the driver's
         // queue from being retired meanwhile (`retire` closes it under the
         // entry's write lock).
         let pushed = match self.shared.peers.get(peer) {
-            Some(p) => Self::push_now(&p, env),
-            None => Err(TryPushError::Full(env)),
+            Some(p) => Self::push_now(&p, msg),
+            None => Err(TryPushError::Full(msg)),
         };
-        let env = match pushed {
+        let msg = match pushed {
             Ok(len) => {
                 self.accepted(len);
                 return Ok(());
             }
-            Err(TryPushError::Full(env) | TryPushError::Closed(env)) => env,
+            Err(TryPushError::Full(msg) | TryPushError::Closed(msg)) => msg,
         };
         // Wait for room, on a driver of our own (`Arc`): started again if
         // the peer's had retired.
-        let (p, env) = self.check_send(peer, env.payload)?;
+        let (p, env) = self.check_send(peer, msg)?;
         let len = env.payload.len();
         let env = {
             let reserved = p.budget.take(len).await;
@@ -755,26 +758,18 @@ impl ConnectionManager {
     }
 
     fn try_send_once(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
-        let env = self.envelope(msg)?;
+        let msg = self.checked(msg)?;
         let pushed = match self.shared.peers.get(peer) {
-            Some(p) => Self::push_now(&p, env),
+            Some(p) => Self::push_now(&p, msg),
             // Retired: started again if the application connected to it.
             None => match self.driver_for(peer) {
-                Some(p) => Self::push_now(&p, env),
-                None => {
-                    return Err(SendError::UnknownPeer {
-                        peer: *peer,
-                        msg: env.payload,
-                    })
-                }
+                Some(p) => Self::push_now(&p, msg),
+                None => return Err(SendError::UnknownPeer { peer: *peer, msg }),
             },
         };
         pushed.map(|len| self.accepted(len)).map_err(|e| match e {
-            TryPushError::Full(e) => SendError::Full {
-                peer: *peer,
-                msg: e.payload,
-            },
-            TryPushError::Closed(e) => SendError::Shutdown { msg: e.payload },
+            TryPushError::Full(msg) => SendError::Full { peer: *peer, msg },
+            TryPushError::Closed(msg) => SendError::Shutdown { msg },
         })
     }
 

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 
 /// A bounded FIFO of `T` with async waiting for room (senders) and for items
 /// (the driver).
@@ -34,6 +35,10 @@ pub(crate) struct MsgQueue<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// The coarse clock of [`MsgQueue::try_push_stamped`]: the clock read
+    /// of the first stamped push since the queue was empty or the consumer
+    /// last took; `None` until then.
+    stamp: Option<Instant>,
 }
 
 /// Why [`MsgQueue::try_push`] handed an item back.
@@ -57,6 +62,7 @@ impl<T> MsgQueue<T> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
+                stamp: None,
             }),
             slots: Semaphore::new(capacity),
             capacity,
@@ -99,6 +105,45 @@ impl<T> MsgQueue<T> {
             Err(TryAcquireError::NoPermits) => return Err(TryPushError::Full(item)),
         }
         self.put(item).map_err(TryPushError::Closed)
+    }
+
+    /// [`try_push`](Self::try_push) for an item that carries the time it
+    /// was pushed: `make` builds it from `part` and a stamp read from the
+    /// queue's coarse clock. That is the clock read by the first stamped
+    /// push since the queue was empty or the consumer last took, shared by
+    /// the pushes after it until the consumer's next take: under load one
+    /// clock read per take (a batch) instead of one per item, and at light
+    /// load (an empty queue) a read per item. A stamp is never later than
+    /// its push, and earlier by at most the time since the consumer's last
+    /// take (while items waited in the queue, none more than
+    /// [`capacity`](Self::capacity) of them).
+    pub(crate) fn try_push_stamped<P>(
+        &self,
+        part: P,
+        make: impl FnOnce(P, Instant) -> T,
+    ) -> Result<(), TryPushError<P>> {
+        match self.slots.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(TryAcquireError::Closed) => return Err(TryPushError::Closed(part)),
+            Err(TryAcquireError::NoPermits) => return Err(TryPushError::Full(part)),
+        }
+        let was_empty = {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(TryPushError::Closed(part));
+            }
+            let was_empty = state.items.is_empty();
+            let at = match state.stamp {
+                Some(at) if !was_empty => at,
+                _ => *state.stamp.insert(Instant::now()),
+            };
+            state.items.push_back(make(part, at));
+            was_empty
+        };
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
     }
 
     /// Waits for `n` free slots (1 ≤ `n` ≤ capacity), for items pushed
@@ -153,6 +198,8 @@ impl<T> MsgQueue<T> {
         debug_assert!(out.is_empty());
         let n = {
             let mut state = self.state.lock();
+            // The next stamped push reads the clock again.
+            state.stamp = None;
             if state.items.len() <= max {
                 std::mem::swap(&mut state.items, out);
             } else {
@@ -368,6 +415,89 @@ mod tests {
                 let ready = poll_once(pin!(q.ready())).is_ready();
                 prop_assert_eq!(ready, closed || !model.is_empty());
             }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum StampOp {
+        Push,
+        Take(usize),
+        Advance(u64),
+    }
+
+    fn stamp_op() -> impl Strategy<Value = StampOp> {
+        prop_oneof![
+            4 => Just(StampOp::Push),
+            2 => (0usize..6).prop_map(StampOp::Take),
+            3 => (1u64..2_000).prop_map(StampOp::Advance),
+        ]
+    }
+
+    proptest! {
+        /// The coarse clock of `try_push_stamped`: a push into an empty
+        /// queue is stamped with its own time; every stamp is no later than
+        /// its push and no earlier than the consumer's last take before it
+        /// or the queue's last empty moment; and the clock is read at most
+        /// once per take plus once per push into an empty queue.
+        #[test]
+        fn stamps_are_bounded_by_the_last_take(capacity in 1usize..8, ops in prop::collection::vec(stamp_op(), 0..80)) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let q: MsgQueue<(u32, Instant)> = MsgQueue::new(capacity);
+                // (pushed at, stamp) of what the queue holds, in order.
+                let mut model: VecDeque<(Instant, Instant)> = VecDeque::new();
+                let mut floor = Instant::now();
+                let mut stamps = std::collections::BTreeSet::new();
+                let (mut takes, mut into_empty) = (0usize, 0usize);
+                let mut out = VecDeque::new();
+                for (i, op) in ops.into_iter().enumerate() {
+                    match op {
+                        StampOp::Push => {
+                            let now = Instant::now();
+                            let was_empty = model.is_empty();
+                            match q.try_push_stamped(i as u32, |v, at| (v, at)) {
+                                Ok(()) => {
+                                    let stamp = {
+                                        let state = q.state.lock();
+                                        state.items.back().expect("just pushed").1
+                                    };
+                                    if was_empty {
+                                        into_empty += 1;
+                                        floor = now;
+                                        prop_assert_eq!(stamp, now);
+                                    }
+                                    prop_assert!(stamp <= now && stamp >= floor);
+                                    stamps.insert(stamp);
+                                    model.push_back((now, stamp));
+                                }
+                                Err(TryPushError::Full(v)) => {
+                                    prop_assert_eq!(model.len(), capacity);
+                                    prop_assert_eq!(v, i as u32);
+                                }
+                                Err(TryPushError::Closed(_)) => prop_assert!(false, "never closed"),
+                            }
+                        }
+                        StampOp::Take(max) => {
+                            let n = q.take_into(max, &mut out);
+                            takes += 1;
+                            floor = Instant::now();
+                            let want: Vec<(Instant, Instant)> = model.drain(..max.min(model.len())).collect();
+                            prop_assert_eq!(n, want.len());
+                            let got: Vec<Instant> = out.drain(..).map(|(_, at)| at).collect();
+                            prop_assert_eq!(got, want.iter().map(|&(_, at)| at).collect::<Vec<_>>());
+                        }
+                        StampOp::Advance(us) => {
+                            tokio::time::advance(std::time::Duration::from_micros(us)).await;
+                        }
+                    }
+                }
+                prop_assert!(stamps.len() <= takes + into_empty);
+                Ok(())
+            })?;
         }
     }
 
