@@ -479,13 +479,40 @@ macro_rules! forward {
     };
 }
 
+/// How many items of a batch event [`FanOut`] forwards per call: an
+/// iterator can be read once, so it goes through a buffer on the stack (a
+/// `Vec` per event would allocate once per batch).
+const FAN_CHUNK: usize = 64;
+
+impl FanOut {
+    /// Calls `each` with the items of `items`, in order, in slices of up to
+    /// [`FAN_CHUNK`]; never with an empty slice.
+    fn chunks<T: Copy + Default>(items: &mut dyn Iterator<Item = T>, mut each: impl FnMut(&[T])) {
+        let mut buf = [T::default(); FAN_CHUNK];
+        loop {
+            let mut n = 0;
+            for (slot, item) in buf.iter_mut().zip(&mut *items) {
+                *slot = item;
+                n += 1;
+            }
+            if n > 0 {
+                each(&buf[..n]);
+            }
+            if n < FAN_CHUNK {
+                return;
+            }
+        }
+    }
+}
+
 impl MetricsSink for FanOut {
     fn message_queued(&self, bytes: usize) {
         forward!(self, message_queued(bytes));
     }
     fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
-        let sizes: Vec<usize> = sizes.collect();
-        forward!(self, messages_queued(&mut sizes.iter().copied()));
+        Self::chunks(sizes, |chunk| {
+            forward!(self, messages_queued(&mut chunk.iter().copied()))
+        });
     }
     fn batch_flushed(&self, messages: usize, bytes: usize) {
         forward!(self, batch_flushed(messages, bytes));
@@ -494,8 +521,9 @@ impl MetricsSink for FanOut {
         forward!(self, message_acked(bytes, latency));
     }
     fn messages_acked(&self, acked: &mut dyn Iterator<Item = (usize, Duration)>) {
-        let acked: Vec<(usize, Duration)> = acked.collect();
-        forward!(self, messages_acked(&mut acked.iter().copied()));
+        Self::chunks(acked, |chunk| {
+            forward!(self, messages_acked(&mut chunk.iter().copied()))
+        });
     }
     fn message_undelivered(&self, bytes: usize) {
         forward!(self, message_undelivered(bytes));
@@ -507,8 +535,9 @@ impl MetricsSink for FanOut {
         forward!(self, message_received(bytes));
     }
     fn messages_received(&self, sizes: &mut dyn Iterator<Item = usize>) {
-        let sizes: Vec<usize> = sizes.collect();
-        forward!(self, messages_received(&mut sizes.iter().copied()));
+        Self::chunks(sizes, |chunk| {
+            forward!(self, messages_received(&mut chunk.iter().copied()))
+        });
     }
     fn state_changed(&self, from: ConnState, to: ConnState) {
         forward!(self, state_changed(from, to));
@@ -636,6 +665,56 @@ mod tests {
         feed_all(&fan);
         assert_eq!(a.events(), EXPECTED);
         assert_eq!(b.events(), EXPECTED);
+    }
+
+    /// Records the batch events a sink gets, one `Vec` per call.
+    #[derive(Debug, Default)]
+    struct Calls(Mutex<Vec<(&'static str, Vec<usize>)>>);
+
+    impl Calls {
+        fn record(&self, what: &'static str, items: impl Iterator<Item = usize>) {
+            self.0.lock().unwrap().push((what, items.collect()));
+        }
+    }
+
+    impl MetricsSink for Calls {
+        fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
+            self.record("queued", sizes);
+        }
+        fn messages_acked(&self, acked: &mut dyn Iterator<Item = (usize, Duration)>) {
+            let acked: Vec<(usize, Duration)> = acked.collect();
+            assert!(acked
+                .iter()
+                .all(|&(b, l)| l == Duration::from_micros(b as u64)));
+            self.record("acked", acked.into_iter().map(|(b, _)| b));
+        }
+        fn messages_received(&self, sizes: &mut dyn Iterator<Item = usize>) {
+            self.record("received", sizes);
+        }
+    }
+
+    proptest::proptest! {
+        /// `FanOut` passes a batch event of any length on to every sink
+        /// whole and in order, in calls of 1 to `FAN_CHUNK` items.
+        #[test]
+        fn fan_out_forwards_batches_whole_in_bounded_chunks(n in 0usize..300) {
+            let a = Arc::new(Calls::default());
+            let b = Arc::new(Calls::default());
+            let fan = FanOut::new(vec![a.clone(), b.clone()]);
+            let items: Vec<usize> = (0..n).collect();
+            fan.messages_queued(&mut items.iter().copied());
+            fan.messages_acked(&mut items.iter().map(|&i| (i, Duration::from_micros(i as u64))));
+            fan.messages_received(&mut items.iter().copied());
+            for sink in [&a, &b] {
+                let calls = sink.0.lock().unwrap().clone();
+                for what in ["queued", "acked", "received"] {
+                    let mine: Vec<&Vec<usize>> = calls.iter().filter(|c| c.0 == what).map(|c| &c.1).collect();
+                    proptest::prop_assert!(mine.iter().all(|c| (1..=FAN_CHUNK).contains(&c.len())));
+                    let all: Vec<usize> = mine.into_iter().flatten().copied().collect();
+                    proptest::prop_assert_eq!(&all, &items);
+                }
+            }
+        }
     }
 
     #[test]
