@@ -320,11 +320,13 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
     /// The peer acknowledged one message of `bytes` payload bytes; `latency`
     /// is the time from `send` to the ack. Called once per message.
     ///
-    /// Under load the connection manager reads the clock once per batch, not
-    /// per `send`: a message queued behind others shares the time stamp of
-    /// the first one queued since the peer's driver last took from the
-    /// queue, so its latency can read high by up to that interval (one
-    /// batch under load), never low.
+    /// The connection manager reads the clock once per batch under load,
+    /// not per `send`: a message queued behind others shares the time stamp
+    /// of the first one queued since the peer's driver last took from the
+    /// queue. So a latency can read high, never low, by up to the time the
+    /// driver went without taking: one batch interval while it keeps up,
+    /// but as long as a stall lasts (a full acknowledgement window, a
+    /// redial) for messages sent while others wait in the queue.
     fn message_acked(&self, bytes: usize, latency: Duration) {
         let _ = (bytes, latency);
     }
@@ -359,7 +361,8 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Several messages of one batch were received and passed on to the
-    /// application: the payload size of each. The default calls
+    /// application: the payload size of each (a [`FanOut`] passes a batch
+    /// of more than 64 on in several calls). The default calls
     /// [`message_received`](Self::message_received) for each;
     /// [`Metrics`](crate::Metrics) updates its counters once per call.
     fn messages_received(&self, sizes: &mut dyn Iterator<Item = usize>) {
@@ -432,6 +435,13 @@ pub struct NoopSink;
 impl MetricsSink for NoopSink {}
 
 /// Forwards every event to several sinks, in order.
+///
+/// A batch event ([`messages_queued`](MetricsSink::messages_queued),
+/// [`messages_acked`](MetricsSink::messages_acked),
+/// [`messages_received`](MetricsSink::messages_received)) of more than 64
+/// items reaches each sink as several calls of up to 64, in order (an
+/// iterator can be read once; the items pass through a buffer on the
+/// stack rather than a `Vec` per event).
 ///
 /// # Examples
 ///

@@ -43,7 +43,10 @@ const MIN_REDIAL_DELAY: std::time::Duration = std::time::Duration::from_millis(1
 /// How long a shutting-down driver waits for the peer to read its last frames and close.
 const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A message on its way: the payload and when `send` accepted it.
+/// A message on its way: the payload and when `send` accepted it, read
+/// from the queue's coarse clock (`MsgQueue::try_push_stamped`): never
+/// later than the `send`, possibly earlier (a reading shared with the
+/// messages queued before it since the driver last took).
 #[derive(Debug)]
 pub(crate) struct Envelope {
     pub(crate) payload: Bytes,
@@ -561,7 +564,8 @@ impl Driver {
         // `send` checked the size against the same limit, so push cannot refuse;
         // if it ever did, the message goes back to the application, not away.
         // The message's wait started at `send`: its batch deadline counts
-        // from there (and this saves a clock read per message).
+        // from its stamp (no later than the `send`, so the deadline is never
+        // late; and this saves a clock read per message).
         let since = env.sent_at.into_std();
         if let Err(e) = self.batcher.push(env, since) {
             self.hand_back(

@@ -477,20 +477,6 @@ impl ConnectionManager {
         })
     }
 
-    fn check_send(&self, peer: &PeerId, msg: Bytes) -> Result<(Arc<Peer>, Envelope), SendError> {
-        let msg = self.checked(msg)?;
-        let Some(p) = self.driver_for(peer) else {
-            return Err(SendError::UnknownPeer { peer: *peer, msg });
-        };
-        Ok((
-            p,
-            Envelope {
-                payload: msg,
-                sent_at: Instant::now(),
-            },
-        ))
-    }
-
     /// Checks what `send` checks before it looks the peer up: shutdown, size.
     fn checked(&self, msg: Bytes) -> Result<Bytes, SendError> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
@@ -530,6 +516,21 @@ impl ConnectionManager {
         }
     }
 
+    /// [`push_now`](Self::push_now) on the peer's running driver, under the
+    /// peer table's read guard (which keeps the driver's queue from being
+    /// retired meanwhile: `retire` closes it under the entry's write lock);
+    /// hands `msg` back if no driver runs.
+    fn push_to_running(
+        &self,
+        peer: &PeerId,
+        msg: Bytes,
+    ) -> Result<Result<usize, TryPushError<Bytes>>, Bytes> {
+        match self.shared.peers.get(peer) {
+            Some(p) => Ok(Self::push_now(&p, msg)),
+            None => Err(msg),
+        }
+    }
+
     fn accepted(&self, len: usize) {
         self.shared.sink.message_queued(len);
         self.shared.sink.queued_messages(1);
@@ -544,25 +545,34 @@ impl ConnectionManager {
     pub async fn send(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let msg = self.checked(msg)?;
         // The common case, with room now: no wait, so no future to poll and
-        // no `Arc` to clone; the peer table's read guard keeps the driver's
-        // queue from being retired meanwhile (`retire` closes it under the
-        // entry's write lock).
-        let pushed = match self.shared.peers.get(peer) {
-            Some(p) => Self::push_now(&p, msg),
-            None => Err(TryPushError::Full(msg)),
-        };
-        let msg = match pushed {
-            Ok(len) => {
+        // no `Arc` to clone.
+        let msg = match self.push_to_running(peer, msg) {
+            Ok(Ok(len)) => {
                 self.accepted(len);
                 return Ok(());
             }
-            Err(TryPushError::Full(msg) | TryPushError::Closed(msg)) => msg,
+            Ok(Err(TryPushError::Full(msg) | TryPushError::Closed(msg))) | Err(msg) => msg,
         };
-        // Wait for room, on a driver of our own (`Arc`): started again if
-        // the peer's had retired.
-        let (p, env) = self.check_send(peer, msg)?;
-        let len = env.payload.len();
-        let env = {
+        self.send_waiting(peer, msg).await
+    }
+
+    /// `send` when the message cannot be queued at once: on a driver of its
+    /// own (an `Arc`, started again if the peer's had retired), waiting for
+    /// room; once more on a fresh driver if that one retires meanwhile.
+    async fn send_waiting(&self, peer: &PeerId, mut msg: Bytes) -> Result<(), SendError> {
+        for attempt in 0..2 {
+            if attempt > 0 && self.shared.is_shutting_down() {
+                break;
+            }
+            let Some(p) = self.driver_for(peer) else {
+                return Err(SendError::UnknownPeer { peer: *peer, msg });
+            };
+            let len = msg.len();
+            // Stamped before the wait: the latency counts from `send`.
+            let env = Envelope {
+                payload: msg,
+                sent_at: Instant::now(),
+            };
             let reserved = p.budget.take(len).await;
             match p.queue.push(env).await {
                 Ok(()) => {
@@ -570,20 +580,11 @@ impl ConnectionManager {
                     self.accepted(len);
                     return Ok(());
                 }
-                Err(env) => env,
+                // The driver retired between the lookup and the push.
+                Err(env) => msg = env.payload,
             }
-        };
-        // The driver retired between the lookup and the send: once more, on a fresh one.
-        let (p, env) = self.check_send(peer, env.payload)?;
-        let reserved = p.budget.take(len).await;
-        match p.queue.push(env).await {
-            Ok(()) => {
-                reserved.keep();
-                self.accepted(len);
-                Ok(())
-            }
-            Err(env) => Err(SendError::Shutdown { msg: env.payload }),
         }
+        Err(SendError::Shutdown { msg })
     }
 
     /// Queues every message of `msgs` for `peer`, in order, waiting while the
@@ -759,10 +760,10 @@ impl ConnectionManager {
 
     fn try_send_once(&self, peer: &PeerId, msg: Bytes) -> Result<(), SendError> {
         let msg = self.checked(msg)?;
-        let pushed = match self.shared.peers.get(peer) {
-            Some(p) => Self::push_now(&p, msg),
+        let pushed = match self.push_to_running(peer, msg) {
+            Ok(pushed) => pushed,
             // Retired: started again if the application connected to it.
-            None => match self.driver_for(peer) {
+            Err(msg) => match self.driver_for(peer) {
                 Some(p) => Self::push_now(&p, msg),
                 None => return Err(SendError::UnknownPeer { peer: *peer, msg }),
             },

@@ -54,6 +54,24 @@ pub(crate) enum TryPushError<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Closed;
 
+/// The queue's coarse clock, as a push under the lock sees it; read only
+/// by the pushes that want a time stamp.
+struct Stamp<'a> {
+    slot: &'a mut Option<Instant>,
+    /// The queue was empty: the last reading is not this burst's.
+    fresh: bool,
+}
+
+impl Stamp<'_> {
+    /// The reading shared since the consumer's last take, or a new one.
+    fn read(self) -> Instant {
+        match *self.slot {
+            Some(at) if !self.fresh => at,
+            _ => *self.slot.insert(Instant::now()),
+        }
+    }
+}
+
 impl<T> MsgQueue<T> {
     /// An empty queue of `capacity` slots (at least 1, at most
     /// [`MAX_CAPACITY`](crate::MAX_CAPACITY), which the config enforces).
@@ -91,20 +109,17 @@ impl<T> MsgQueue<T> {
         self.put(item)
     }
 
-    /// True if a slot is free now: a hint (another sender may take it
-    /// first), for callers that would otherwise undo work when the push fails.
+    /// True if a slot is free now, or the queue is closed (a push would
+    /// not wait, it would fail at once): a hint (another sender may take
+    /// the slot first), for callers that would otherwise undo work when the
+    /// push fails.
     pub(crate) fn has_room(&self) -> bool {
-        self.slots.available_permits() > 0
+        self.slots.available_permits() > 0 || self.slots.is_closed()
     }
 
     /// Queues `item` if a slot is free.
     pub(crate) fn try_push(&self, item: T) -> Result<(), TryPushError<T>> {
-        match self.slots.try_acquire() {
-            Ok(p) => p.forget(),
-            Err(TryAcquireError::Closed) => return Err(TryPushError::Closed(item)),
-            Err(TryAcquireError::NoPermits) => return Err(TryPushError::Full(item)),
-        }
-        self.put(item).map_err(TryPushError::Closed)
+        self.try_put_with(item, |item, _| item)
     }
 
     /// [`try_push`](Self::try_push) for an item that carries the time it
@@ -114,36 +129,32 @@ impl<T> MsgQueue<T> {
     /// the pushes after it until the consumer's next take: under load one
     /// clock read per take (a batch) instead of one per item, and at light
     /// load (an empty queue) a read per item. A stamp is never later than
-    /// its push, and earlier by at most the time since the consumer's last
-    /// take (while items waited in the queue, none more than
-    /// [`capacity`](Self::capacity) of them).
+    /// its push. It is earlier by at most the time since the consumer's
+    /// last take: one batch interval while the consumer keeps up, as long
+    /// as the consumer stalls otherwise (for at most
+    /// [`capacity`](Self::capacity) items, since later pushes wait for a
+    /// slot).
     pub(crate) fn try_push_stamped<P>(
         &self,
         part: P,
         make: impl FnOnce(P, Instant) -> T,
     ) -> Result<(), TryPushError<P>> {
+        self.try_put_with(part, |part, stamp| make(part, stamp.read()))
+    }
+
+    /// Takes a slot if one is free and pushes the item `make` builds.
+    fn try_put_with<P>(
+        &self,
+        part: P,
+        make: impl FnOnce(P, Stamp<'_>) -> T,
+    ) -> Result<(), TryPushError<P>> {
         match self.slots.try_acquire() {
+            // The slot now belongs to the item; the driver gives it back.
             Ok(p) => p.forget(),
             Err(TryAcquireError::Closed) => return Err(TryPushError::Closed(part)),
             Err(TryAcquireError::NoPermits) => return Err(TryPushError::Full(part)),
         }
-        let was_empty = {
-            let mut state = self.state.lock();
-            if state.closed {
-                return Err(TryPushError::Closed(part));
-            }
-            let was_empty = state.items.is_empty();
-            let at = match state.stamp {
-                Some(at) if !was_empty => at,
-                _ => *state.stamp.insert(Instant::now()),
-            };
-            state.items.push_back(make(part, at));
-            was_empty
-        };
-        if was_empty {
-            self.ready.notify_one();
-        }
-        Ok(())
+        self.put_with(part, make).map_err(TryPushError::Closed)
     }
 
     /// Waits for `n` free slots (1 ≤ `n` ≤ capacity), for items pushed
@@ -161,12 +172,26 @@ impl<T> MsgQueue<T> {
 
     /// Pushes an item whose slot is already taken.
     fn put(&self, item: T) -> Result<(), T> {
+        self.put_with(item, |item, _| item)
+    }
+
+    /// Pushes the item `make` builds from `part` (its slot is already
+    /// taken), under the lock; hands `part` back if the queue is closed.
+    fn put_with<P>(&self, part: P, make: impl FnOnce(P, Stamp<'_>) -> T) -> Result<(), P> {
         let was_empty = {
             let mut state = self.state.lock();
             if state.closed {
-                return Err(item);
+                return Err(part);
             }
+            let state = &mut *state;
             let was_empty = state.items.is_empty();
+            let item = make(
+                part,
+                Stamp {
+                    slot: &mut state.stamp,
+                    fresh: was_empty,
+                },
+            );
             state.items.push_back(item);
             was_empty
         };
@@ -305,6 +330,7 @@ mod tests {
     enum Op {
         Push,
         TryPush,
+        TryPushStamped,
         /// Reserve `n` slots, maybe close the queue, then offer `k` items.
         Reserve(usize, usize, bool),
         Take(usize),
@@ -316,6 +342,7 @@ mod tests {
         prop_oneof![
             3 => Just(Op::Push),
             3 => Just(Op::TryPush),
+            2 => Just(Op::TryPushStamped),
             2 => (1usize..6, 0usize..8, prop::bool::weighted(0.1))
                 .prop_map(|(n, k, close)| Op::Reserve(n, k, close)),
             3 => (0usize..6).prop_map(Op::Take),
@@ -353,7 +380,11 @@ mod tests {
                             Poll::Pending => prop_assert!(!closed && model.len() == capacity),
                         }
                     }
-                    Op::TryPush => match q.try_push(next) {
+                    Op::TryPush | Op::TryPushStamped => match if matches!(op, Op::TryPush) {
+                        q.try_push(next)
+                    } else {
+                        q.try_push_stamped(next, |v, _| v)
+                    } {
                         Ok(()) => {
                             prop_assert!(!closed && model.len() < capacity);
                             model.push_back(next);
@@ -568,6 +599,21 @@ mod tests {
             .await
             .expect("the first item wakes the driver");
         assert_eq!(taken.unwrap(), [7, 8]);
+    }
+
+    /// `has_room` is the fast path's hint: a full queue has none, but a
+    /// queue closed while full has (a push fails at once, as `Closed`, and
+    /// `try_send` says Shutdown rather than Full forever).
+    #[test]
+    fn a_closed_full_queue_has_room_for_a_push_that_fails() {
+        let q = MsgQueue::new(1);
+        assert!(q.has_room());
+        q.try_push_stamped(1u32, |v, _| v).unwrap();
+        assert!(!q.has_room());
+        assert_eq!(q.try_push(2), Err(TryPushError::Full(2)));
+        assert_eq!(q.close(), VecDeque::from([1]));
+        assert!(q.has_room());
+        assert_eq!(q.try_push_stamped(3, |v, _| v), Err(TryPushError::Closed(3)));
     }
 
     #[test]
