@@ -613,7 +613,10 @@ mod tests {
         assert_eq!(q.try_push(2), Err(TryPushError::Full(2)));
         assert_eq!(q.close(), VecDeque::from([1]));
         assert!(q.has_room());
-        assert_eq!(q.try_push_stamped(3, |v, _| v), Err(TryPushError::Closed(3)));
+        assert_eq!(
+            q.try_push_stamped(3, |v, _| v),
+            Err(TryPushError::Closed(3))
+        );
     }
 
     #[test]
