@@ -380,11 +380,12 @@ mod tests {
                             Poll::Pending => prop_assert!(!closed && model.len() == capacity),
                         }
                     }
-                    Op::TryPush | Op::TryPushStamped => match if matches!(op, Op::TryPush) {
-                        q.try_push(next)
-                    } else {
-                        q.try_push_stamped(next, |v, _| v)
-                    } {
+                    Op::TryPush | Op::TryPushStamped => {
+                        let pushed = match op {
+                            Op::TryPush => q.try_push(next),
+                            _ => q.try_push_stamped(next, |v, _| v),
+                        };
+                        match pushed {
                         Ok(()) => {
                             prop_assert!(!closed && model.len() < capacity);
                             model.push_back(next);
@@ -397,7 +398,8 @@ mod tests {
                             prop_assert!(closed);
                             prop_assert_eq!(v, next);
                         }
-                    },
+                        }
+                    }
                     Op::Reserve(n, k, close) => {
                         let n = n.min(capacity);
                         match poll_once(pin!(q.reserve(n))) {
