@@ -23,10 +23,32 @@ fn events(c: &mut Criterion) {
         b.iter(|| black_box(&bare).fetch_add(1, Ordering::Relaxed))
     });
 
+    // What `send` reported per message before `message_accepted`: two
+    // counters and two gauges, one locked add each.
+    let four = [
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ];
+    g.bench_function("baseline_four_atomic_fetch_adds", |b| {
+        b.iter(|| {
+            let [a, n, q, m] = black_box(&four);
+            a.fetch_add(1, Ordering::Relaxed);
+            n.fetch_add(256, Ordering::Relaxed);
+            q.fetch_add(1, Ordering::Relaxed);
+            m.fetch_add(256, Ordering::Relaxed);
+        })
+    });
+
     let metrics: Arc<dyn MetricsSink> = Arc::new(Metrics::new());
     let sink: &dyn MetricsSink = black_box(&*metrics);
     g.bench_function("message_queued_dyn", |b| {
         b.iter(|| sink.message_queued(black_box(256)))
+    });
+    // What `send` reports per message: the same four figures, kept per thread.
+    g.bench_function("message_accepted_dyn", |b| {
+        b.iter(|| sink.message_accepted(black_box(256)))
     });
 
     // Latencies spread over many buckets, as real acks would be.

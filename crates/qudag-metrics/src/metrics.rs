@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use thread_local::ThreadLocal;
 
 use crate::histogram::{Histogram, LatencySummary};
 use crate::sink::{CloseKind, ConnState, ErrorKind, MetricsSink, OpenKind};
@@ -34,23 +35,41 @@ fn add_i64(gauge: &AtomicI64, delta: isize) {
 #[repr(align(128))]
 struct LineBreak;
 
+/// What one thread has added to the figures `send` moves per message, in
+/// [`Core::local`]. Only the owning thread writes its copy, with a plain
+/// load and store (no locked read-modify-write); readers sum every
+/// thread's copy. Counts wrap, and so does the sum: a gauge's copies may
+/// drift far apart (one thread adds what another subtracts), their sum
+/// modulo 2^64 is the gauge.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Local {
+    messages_queued: AtomicU64,
+    payload_bytes_queued: AtomicU64,
+    queued_messages: AtomicU64,
+    memory_bytes: AtomicU64,
+}
+
+/// Adds `n` to a counter only the calling thread writes (see [`Local`]).
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// The atomics every event updates; shared with the Prometheus collector.
 ///
-/// Laid out in groups by the thread that writes them per message (the
-/// sending application, the peer driver, the reader), each group on its own
+/// The figures `send` moves for every message (the queued counters and the
+/// queued-messages and memory gauges) are kept per thread ([`Local`]), so
+/// that a `send` costs no locked instruction and no cache line shared with
+/// other cores. The rest is laid out in groups by the thread that writes
+/// them per batch (the peer driver, the reader), each group on its own
 /// cache lines, so that a counter bumped on one core does not keep evicting
 /// the line another core is bumping (false sharing).
 #[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct Core {
-    // Written by `send` (the application's threads).
-    pub(crate) messages_queued: AtomicU64,
-    pub(crate) payload_bytes_queued: AtomicU64,
+    local: ThreadLocal<Local>,
     _gauges: LineBreak,
-    // Gauges every side moves.
     pub(crate) pending_dials: AtomicI64,
-    pub(crate) queued_messages: AtomicI64,
-    pub(crate) memory_bytes: AtomicI64,
     _driver: LineBreak,
     // Written by the peer drivers.
     pub(crate) batches_sent: AtomicU64,
@@ -79,6 +98,34 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The calling thread's [`Local`].
+    fn local(&self) -> &Local {
+        self.local.get_or_default()
+    }
+
+    /// The sum of one field of every thread's [`Local`].
+    fn sum(&self, field: impl Fn(&Local) -> &AtomicU64) -> u64 {
+        self.local
+            .iter()
+            .fold(0u64, |sum, l| sum.wrapping_add(field(l).load(Relaxed)))
+    }
+
+    pub(crate) fn messages_queued(&self) -> u64 {
+        self.sum(|l| &l.messages_queued)
+    }
+
+    pub(crate) fn payload_bytes_queued(&self) -> u64 {
+        self.sum(|l| &l.payload_bytes_queued)
+    }
+
+    pub(crate) fn queued_messages(&self) -> i64 {
+        self.sum(|l| &l.queued_messages) as i64
+    }
+
+    pub(crate) fn memory_bytes(&self) -> i64 {
+        self.sum(|l| &l.memory_bytes) as i64
+    }
+
     fn gauge(&self, state: ConnState) -> Option<&AtomicI64> {
         match state {
             ConnState::Connecting => Some(&self.connecting),
@@ -99,7 +146,7 @@ impl Core {
         let load = |a: &AtomicU64| a.load(Relaxed);
         let latency = self.latency.summary();
         MetricsSnapshot {
-            messages_queued: load(&self.messages_queued),
+            messages_queued: self.messages_queued(),
             messages_sent: load(&self.messages_sent),
             messages_acked: latency.count,
             messages_undelivered: load(&self.messages_undelivered),
@@ -109,7 +156,7 @@ impl Core {
             batch_messages_received: load(&self.batch_messages_received),
             bytes_sent: load(&self.bytes_sent),
             bytes_received: load(&self.bytes_received),
-            payload_bytes_queued: load(&self.payload_bytes_queued),
+            payload_bytes_queued: self.payload_bytes_queued(),
             payload_bytes_acked: load(&self.payload_bytes_acked),
             payload_bytes_undelivered: load(&self.payload_bytes_undelivered),
             payload_bytes_received: load(&self.payload_bytes_received),
@@ -117,8 +164,8 @@ impl Core {
             connections_connected: self.connected.load(Relaxed),
             state_entries: StateCounts(self.state_entries.each_ref().map(load)),
             pending_dials: self.pending_dials.load(Relaxed),
-            queued_messages: self.queued_messages.load(Relaxed),
-            memory_bytes: self.memory_bytes.load(Relaxed),
+            queued_messages: self.queued_messages(),
+            memory_bytes: self.memory_bytes(),
             errors: ErrorCounts(self.errors.each_ref().map(load)),
             closes: CloseCounts(self.closes.each_ref().map(load)),
             opens: OpenCounts(self.opens.each_ref().map(load)),
@@ -186,7 +233,10 @@ impl RateWindow {
 /// The default sink: lock-free counters, gauges and a latency histogram.
 ///
 /// Every [`MetricsSink`] event is a few relaxed atomic operations; nothing
-/// on the event path locks or allocates. A `parking_lot::Mutex` guards only
+/// on the event path locks, and nothing allocates but a thread's first
+/// event (its own copy of the figures `send` moves per message: those are
+/// kept per thread and summed when read, so the sending threads share no
+/// cache line). A `parking_lot::Mutex` guards only
 /// the rate window, which only [`tick`](Self::tick),
 /// [`snapshot`](Self::snapshot) and
 /// [`network_metrics`](Self::network_metrics) touch.
@@ -345,8 +395,17 @@ impl fmt::Debug for Metrics {
 
 impl MetricsSink for Metrics {
     fn message_queued(&self, bytes: usize) {
-        self.core.messages_queued.fetch_add(1, Relaxed);
-        add_u64(&self.core.payload_bytes_queued, bytes);
+        let l = self.core.local();
+        bump(&l.messages_queued, 1);
+        bump(&l.payload_bytes_queued, bytes as u64);
+    }
+
+    fn message_accepted(&self, bytes: usize) {
+        let l = self.core.local();
+        bump(&l.messages_queued, 1);
+        bump(&l.payload_bytes_queued, bytes as u64);
+        bump(&l.queued_messages, 1);
+        bump(&l.memory_bytes, bytes as u64);
     }
 
     fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
@@ -355,8 +414,9 @@ impl MetricsSink for Metrics {
             count += 1;
             bytes += len;
         }
-        add_u64(&self.core.messages_queued, count);
-        add_u64(&self.core.payload_bytes_queued, bytes);
+        let l = self.core.local();
+        bump(&l.messages_queued, count as u64);
+        bump(&l.payload_bytes_queued, bytes as u64);
     }
 
     fn batch_flushed(&self, messages: usize, bytes: usize) {
@@ -432,11 +492,11 @@ impl MetricsSink for Metrics {
     }
 
     fn queued_messages(&self, delta: isize) {
-        add_i64(&self.core.queued_messages, delta);
+        bump(&self.core.local().queued_messages, delta as i64 as u64);
     }
 
     fn memory(&self, delta: isize) {
-        add_i64(&self.core.memory_bytes, delta);
+        bump(&self.core.local().memory_bytes, delta as i64 as u64);
     }
 }
 
@@ -817,9 +877,7 @@ mod tests {
                 let sink = &sink;
                 s.spawn(move || {
                     for _ in 0..1000 {
-                        sink.message_queued(2);
-                        sink.queued_messages(1);
-                        sink.memory(2);
+                        sink.message_accepted(2);
                         sink.message_acked(2, ms(1));
                         sink.queued_messages(-1);
                         sink.memory(-2);
@@ -834,6 +892,92 @@ mod tests {
         assert_eq!(snap.queued_messages, 0);
         assert_eq!(snap.memory_bytes, 0);
         assert!(format!("{metrics:?}").contains("messages_acked: 4000"));
+    }
+
+    /// An event that moves the figures kept per thread ([`Local`]).
+    #[derive(Clone, Debug)]
+    enum Moved {
+        Accepted(usize),
+        Queued(usize),
+        ManyQueued(Vec<usize>),
+        Gauge(isize),
+        Memory(isize),
+    }
+
+    fn moved() -> impl Strategy<Value = Moved> {
+        prop_oneof![
+            (0usize..1 << 40).prop_map(Moved::Accepted),
+            (0usize..1 << 40).prop_map(Moved::Queued),
+            proptest::collection::vec(0usize..1 << 20, 0..5).prop_map(Moved::ManyQueued),
+            any::<i32>().prop_map(|d| Moved::Gauge(d as isize)),
+            prop_oneof![
+                any::<i32>().prop_map(|d| d as isize),
+                Just(isize::MAX),
+                Just(isize::MIN)
+            ]
+            .prop_map(Moved::Memory),
+        ]
+    }
+
+    proptest! {
+        /// The figures kept per thread read as the sum of every thread's
+        /// events, from threads that ran at once and threads that ended
+        /// before (whose ids, and copies, later threads take over); and
+        /// `message_accepted` is `message_queued`, `queued_messages(1)` and
+        /// `memory(bytes)`.
+        #[test]
+        fn per_thread_figures_sum_every_threads_events(
+            waves in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(moved(), 0..20), 1..4),
+                1..4,
+            ),
+        ) {
+            let m = Metrics::new();
+            let (mut queued, mut bytes, mut gauge, mut memory) = (0u64, 0u64, 0i64, 0i64);
+            for wave in &waves {
+                std::thread::scope(|s| {
+                    for events in wave {
+                        let m = &m;
+                        s.spawn(move || {
+                            for e in events {
+                                match e {
+                                    Moved::Accepted(n) => m.message_accepted(*n),
+                                    Moved::Queued(n) => m.message_queued(*n),
+                                    Moved::ManyQueued(ns) => m.messages_queued(&mut ns.iter().copied()),
+                                    Moved::Gauge(d) => m.queued_messages(*d),
+                                    Moved::Memory(d) => m.memory(*d),
+                                }
+                            }
+                        });
+                    }
+                });
+                for e in wave.iter().flatten() {
+                    match e {
+                        Moved::Accepted(n) => {
+                            queued += 1;
+                            bytes = bytes.wrapping_add(*n as u64);
+                            gauge = gauge.wrapping_add(1);
+                            memory = memory.wrapping_add(*n as i64);
+                        }
+                        Moved::Queued(n) => {
+                            queued += 1;
+                            bytes = bytes.wrapping_add(*n as u64);
+                        }
+                        Moved::ManyQueued(ns) => {
+                            queued += ns.len() as u64;
+                            bytes = ns.iter().fold(bytes, |b, &n| b.wrapping_add(n as u64));
+                        }
+                        Moved::Gauge(d) => gauge = gauge.wrapping_add(*d as i64),
+                        Moved::Memory(d) => memory = memory.wrapping_add(*d as i64),
+                    }
+                }
+                let snap = m.snapshot(Instant::now());
+                prop_assert_eq!(snap.messages_queued, queued);
+                prop_assert_eq!(snap.payload_bytes_queued, bytes);
+                prop_assert_eq!(snap.queued_messages, gauge);
+                prop_assert_eq!(snap.memory_bytes, memory);
+            }
+        }
     }
 
     proptest! {

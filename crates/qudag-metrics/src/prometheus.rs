@@ -1,7 +1,7 @@
 //! Prometheus / OpenMetrics text export through `prometheus-client`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,26 +67,16 @@ impl fmt::Debug for PrometheusCollector {
     }
 }
 
-fn counter(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: &AtomicU64,
-) -> fmt::Result {
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&value.load(Relaxed), None)
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
 }
 
-fn gauge(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: &AtomicI64,
-) -> fmt::Result {
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
-        .encode_gauge(&value.load(Relaxed))
+        .encode_gauge(&value)
 }
 
 fn counter_family<'a>(
@@ -108,63 +98,68 @@ fn counter_family<'a>(
 impl Collector for PrometheusCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
         let c = &*self.core;
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "messages_queued",
                 "Messages accepted by send.",
-                &c.messages_queued,
+                c.messages_queued(),
             ),
             (
                 "messages_sent",
                 "Messages in flushed batches.",
-                &c.messages_sent,
+                load(&c.messages_sent),
             ),
             (
                 "messages_undelivered",
                 "Messages handed back as undelivered.",
-                &c.messages_undelivered,
+                load(&c.messages_undelivered),
             ),
             (
                 "messages_received",
                 "Messages received and passed to the application.",
-                &c.messages_received,
+                load(&c.messages_received),
             ),
             (
                 "batch_messages_received",
                 "Messages in received batches.",
-                &c.batch_messages_received,
+                load(&c.batch_messages_received),
             ),
-            ("batches_sent", "Batches flushed.", &c.batches_sent),
-            ("batches_received", "Batches received.", &c.batches_received),
+            ("batches_sent", "Batches flushed.", load(&c.batches_sent)),
+            (
+                "batches_received",
+                "Batches received.",
+                load(&c.batches_received),
+            ),
             (
                 "bytes_sent",
                 "Bytes on the wire in flushed batches.",
-                &c.bytes_sent,
+                load(&c.bytes_sent),
             ),
             (
                 "bytes_received",
                 "Bytes on the wire in received batches.",
-                &c.bytes_received,
+                load(&c.bytes_received),
             ),
             (
                 "payload_bytes_queued",
                 "Payload bytes of queued messages.",
-                &c.payload_bytes_queued,
+                c.payload_bytes_queued(),
             ),
             (
                 "payload_bytes_acked",
                 "Payload bytes of acknowledged messages.",
-                &c.payload_bytes_acked,
+                load(&c.payload_bytes_acked),
             ),
             (
                 "payload_bytes_undelivered",
                 "Payload bytes of undelivered messages.",
-                &c.payload_bytes_undelivered,
+                load(&c.payload_bytes_undelivered),
             ),
             (
                 "payload_bytes_received",
                 "Payload bytes of received messages.",
-                &c.payload_bytes_received,
+                load(&c.payload_bytes_received),
             ),
         ];
         for (name, help, value) in counters {
@@ -238,19 +233,19 @@ impl Collector for PrometheusCollector {
             &mut e,
             "pending_dials",
             "Dials in progress.",
-            &c.pending_dials,
+            c.pending_dials.load(Relaxed),
         )?;
         gauge(
             &mut e,
             "queued_messages",
             "Messages held in queues.",
-            &c.queued_messages,
+            c.queued_messages(),
         )?;
         gauge(
             &mut e,
             "memory_bytes",
             "Bytes held by the manager in queues, batches and buffers.",
-            &c.memory_bytes,
+            c.memory_bytes(),
         )?;
 
         // Histogram: fold the fine buckets into the exported bounds.

@@ -270,7 +270,9 @@ impl fmt::Display for OpenKind {
 /// Each event is reported exactly once. Gauges are reported only through
 /// their delta methods ([`pending_dials`](Self::pending_dials),
 /// [`queued_messages`](Self::queued_messages), [`memory`](Self::memory),
-/// [`state_changed`](Self::state_changed)); the counter events
+/// [`state_changed`](Self::state_changed)) and
+/// [`message_accepted`](Self::message_accepted) (a counter event with its
+/// gauge moves, in one call); the other counter events
 /// (`message_queued`, ...) never move a gauge, so a caller reports both.
 ///
 /// # Examples
@@ -299,6 +301,18 @@ pub trait MetricsSink: Send + Sync + fmt::Debug + 'static {
     /// `send` accepted a message of `bytes` payload bytes into a queue.
     fn message_queued(&self, bytes: usize) {
         let _ = bytes;
+    }
+
+    /// `send` accepted one message of `bytes` payload bytes into a queue:
+    /// the counter event [`message_queued`](Self::message_queued) and the
+    /// gauge moves that go with it ([`queued_messages`](Self::queued_messages)
+    /// by +1, [`memory`](Self::memory) by +`bytes`), reported in one call
+    /// because `send` reports them for every message. The default makes
+    /// those three calls, so a sink that implements them sees each.
+    fn message_accepted(&self, bytes: usize) {
+        self.message_queued(bytes);
+        self.queued_messages(1);
+        self.memory(bytes as isize);
     }
 
     /// `send_many` accepted several messages at once: the payload size of
@@ -519,6 +533,9 @@ impl MetricsSink for FanOut {
     fn message_queued(&self, bytes: usize) {
         forward!(self, message_queued(bytes));
     }
+    fn message_accepted(&self, bytes: usize) {
+        forward!(self, message_accepted(bytes));
+    }
     fn messages_queued(&self, sizes: &mut dyn Iterator<Item = usize>) {
         Self::chunks(sizes, |chunk| {
             forward!(self, messages_queued(&mut chunk.iter().copied()))
@@ -635,6 +652,7 @@ mod tests {
     fn feed_all(sink: &dyn MetricsSink) {
         sink.message_queued(1);
         sink.messages_queued(&mut [10, 11].into_iter());
+        sink.message_accepted(12);
         sink.batch_flushed(2, 3);
         sink.message_acked(4, Duration::from_micros(5));
         sink.message_undelivered(6);
@@ -648,10 +666,13 @@ mod tests {
         sink.memory(-3);
     }
 
-    const EXPECTED: [&str; 14] = [
+    const EXPECTED: [&str; 17] = [
         "queued 1",
         "queued 10",
         "queued 11",
+        "queued 12",
+        "queue 1",
+        "memory 12",
         "flushed 2 3",
         "acked 4 5",
         "undelivered 6",

@@ -532,9 +532,7 @@ impl ConnectionManager {
     }
 
     fn accepted(&self, len: usize) {
-        self.shared.sink.message_queued(len);
-        self.shared.sink.queued_messages(1);
-        self.shared.sink.memory(len as isize);
+        self.shared.sink.message_accepted(len);
     }
 
     /// Queues `msg` for `peer`, waiting while the peer's queue is full.
