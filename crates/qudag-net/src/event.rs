@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use qudag_crypto::PeerId;
-use qudag_metrics::MetricsSink;
 use qudag_pool::ConnState;
 use tokio::sync::mpsc;
 
-use crate::session::{Delivery, Receipt};
+use crate::session::{Delivery, Held, Receipt};
 use crate::UndeliveredReason;
 
 /// Something that happened to a peer.
@@ -194,10 +193,13 @@ impl EventQueue {
 /// [`recv_batch`](Incoming::recv_batch). Messages still queued here when
 /// `Incoming` is dropped are not acknowledged, and their sender hands them
 /// back (marked maybe delivered).
+///
+/// Dropped, it gives back everything it holds (unread messages leave the
+/// `memory` gauge with the deliveries that carry them, including one that
+/// enters the channel after the drop through a slot reserved before it).
 pub struct Incoming {
     pub(crate) rx: mpsc::Receiver<Delivery>,
     pub(crate) current: Option<Current>,
-    pub(crate) sink: Arc<dyn MetricsSink>,
 }
 
 /// The batch being handed out.
@@ -205,6 +207,8 @@ pub(crate) struct Current {
     peer: PeerId,
     rest: std::vec::IntoIter<Bytes>,
     receipt: Option<Receipt>,
+    /// The bytes of `rest` in the `memory` gauge.
+    held: Held,
 }
 
 impl Current {
@@ -213,6 +217,7 @@ impl Current {
             peer: d.peer,
             rest: d.messages.into_iter(),
             receipt: Some(d.receipt),
+            held: d.held,
         }
     }
 }
@@ -250,18 +255,24 @@ impl Incoming {
     pub async fn recv_batch(&mut self) -> Option<(PeerId, Vec<Bytes>)> {
         if let Some(mut cur) = self.current.take() {
             let rest: Vec<Bytes> = cur.rest.by_ref().collect();
+            // Out of the gauge before the receipt lets the sender go on.
+            drop(cur.held);
             if let Some(r) = cur.receipt.take() {
                 r.delivered();
             }
             if !rest.is_empty() {
-                self.release(&rest);
                 return Some((cur.peer, rest));
             }
         }
-        let d = self.rx.recv().await?;
-        self.release(&d.messages);
-        d.receipt.delivered();
-        Some((d.peer, d.messages))
+        let Delivery {
+            peer,
+            messages,
+            receipt,
+            held,
+        } = self.rx.recv().await?;
+        drop(held);
+        receipt.delivered();
+        Some((peer, messages))
     }
 
     fn take_buffered(&mut self) -> Option<(PeerId, Bytes)> {
@@ -270,7 +281,7 @@ impl Incoming {
             self.current = None;
             return None;
         };
-        self.sink.memory(-(msg.len() as isize));
+        cur.held.release(msg.len());
         let peer = cur.peer;
         if cur.rest.len() == 0 {
             // The application has the whole batch: acknowledge it now.
@@ -281,23 +292,105 @@ impl Incoming {
         }
         Some((peer, msg))
     }
-
-    fn release(&self, batch: &[Bytes]) {
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        self.sink.memory(-(bytes as isize));
-    }
 }
 
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        // Unread messages are released, not acknowledged.
-        if let Some(cur) = self.current.take() {
-            let bytes: usize = cur.rest.map(|m| m.len()).sum();
-            self.sink.memory(-(bytes as isize));
+#[cfg(test)]
+mod incoming_tests {
+    use super::*;
+    use crate::session::RecvState;
+    use qudag_metrics::Metrics;
+    use tokio::sync::Semaphore;
+
+    /// What a reader hands over: `sizes` messages, counted in `sink`'s
+    /// memory gauge and in `budget`.
+    fn delivery(sink: &Arc<Metrics>, budget: &Arc<Semaphore>, sizes: &[usize]) -> Delivery {
+        let bytes: usize = sizes.iter().sum();
+        let permit = budget
+            .clone()
+            .try_acquire_many_owned(bytes as u32)
+            .expect("budget");
+        Delivery {
+            peer: PeerId::from_bytes([7; 32]),
+            messages: sizes.iter().map(|&n| Bytes::from(vec![1u8; n])).collect(),
+            receipt: Receipt::for_test(RecvState::new(), sizes.len() as u64, permit),
+            held: Held::new(sink.clone(), bytes),
         }
-        self.rx.close();
-        while let Ok(d) = self.rx.try_recv() {
-            self.release(&d.messages);
-        }
+    }
+
+    fn memory(sink: &Metrics) -> i64 {
+        sink.snapshot(std::time::Instant::now()).memory_bytes
+    }
+
+    const BUDGET: usize = 1 << 20;
+
+    fn setup() -> (
+        Arc<Metrics>,
+        Arc<Semaphore>,
+        mpsc::Sender<Delivery>,
+        Incoming,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let incoming = Incoming { rx, current: None };
+        (
+            Arc::new(Metrics::new()),
+            Arc::new(Semaphore::new(BUDGET)),
+            tx,
+            incoming,
+        )
+    }
+
+    /// A reader reserved a slot, `Incoming` was dropped, then the delivery
+    /// went through the slot: it sits in the channel until the last sender
+    /// goes, and its bytes must leave the gauge then (they stayed, before).
+    #[tokio::test]
+    async fn a_delivery_sent_after_incoming_dropped_leaves_the_gauge() {
+        let (sink, budget, tx, incoming) = setup();
+        let slot = tx.try_reserve().expect("room");
+        drop(incoming);
+        slot.send(delivery(&sink, &budget, &[100, 28]));
+        assert_eq!(memory(&sink), 128, "held while it sits in the channel");
+        drop(tx);
+        assert_eq!(memory(&sink), 0);
+        assert_eq!(budget.available_permits(), BUDGET);
+    }
+
+    /// Unread messages, in the batch being handed out and in the channel,
+    /// leave the gauge when `Incoming` is dropped; read ones left it when
+    /// they were taken.
+    #[tokio::test]
+    async fn dropping_incoming_gives_back_what_was_not_read() {
+        let (sink, budget, tx, mut incoming) = setup();
+        tx.try_send(delivery(&sink, &budget, &[10, 20, 30]))
+            .ok()
+            .unwrap();
+        tx.try_send(delivery(&sink, &budget, &[40])).ok().unwrap();
+        assert_eq!(memory(&sink), 100);
+        let (_, first) = incoming.recv().await.expect("a message");
+        assert_eq!(first.len(), 10);
+        assert_eq!(memory(&sink), 90);
+        drop(incoming);
+        assert_eq!(memory(&sink), 0);
+        assert_eq!(budget.available_permits(), BUDGET);
+    }
+
+    /// `recv_batch` hands out the rest of the current batch, then whole
+    /// batches, each out of the gauge as it is handed out.
+    #[tokio::test]
+    async fn recv_batch_takes_messages_out_of_the_gauge() {
+        let (sink, budget, tx, mut incoming) = setup();
+        tx.try_send(delivery(&sink, &budget, &[1, 2, 3]))
+            .ok()
+            .unwrap();
+        tx.try_send(delivery(&sink, &budget, &[4, 5])).ok().unwrap();
+        assert_eq!(incoming.try_recv().map(|(_, m)| m.len()), Some(1));
+        assert_eq!(memory(&sink), 14);
+        let (_, rest) = incoming.recv_batch().await.expect("the rest");
+        assert_eq!(rest.iter().map(Bytes::len).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(memory(&sink), 9);
+        let (_, next) = incoming.recv_batch().await.expect("the next batch");
+        assert_eq!(next.len(), 2);
+        assert_eq!(memory(&sink), 0);
+        drop(incoming);
+        assert_eq!(memory(&sink), 0);
     }
 }

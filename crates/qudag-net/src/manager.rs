@@ -371,7 +371,6 @@ impl ConnectionManager {
             incoming: Arc::new(Mutex::new(Some(Incoming {
                 rx: incoming_rx,
                 current: None,
-                sink,
             }))),
             events: Arc::new(Mutex::new(Some(Events { queue: events }))),
             _guard: Arc::new(DropGuard(shared.clone())),

@@ -105,6 +105,11 @@ pub(crate) struct Delivery {
     pub(crate) peer: PeerId,
     pub(crate) messages: Vec<Bytes>,
     pub(crate) receipt: Receipt,
+    /// The messages' bytes in the `memory` gauge, given back as the
+    /// application takes them, or when the delivery is dropped: also if
+    /// that happens inside the `Incoming` channel, a delivery sent through
+    /// a slot reserved before `Incoming` was dropped.
+    pub(crate) held: Held,
 }
 
 /// Acknowledges a batch once the application has taken all of its messages.
@@ -123,6 +128,22 @@ pub(crate) struct Receipt {
 }
 
 impl Receipt {
+    /// A receipt for a batch of `recv`'s incarnation 0 that ends at `end`,
+    /// holding `budget`: for tests of what takes deliveries.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        recv: Arc<RecvState>,
+        end: u64,
+        budget: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
+        Receipt {
+            recv,
+            _budget: budget,
+            incarnation: 0,
+            end,
+        }
+    }
+
     pub(crate) fn delivered(self) {
         let mut taken = self.recv.taken.lock();
         if taken.incarnation == self.incarnation && self.end > taken.next {
@@ -650,25 +671,34 @@ fn try_deliver(ctx: &ReaderCtx, inc: u64, first: u64, mut messages: Vec<Bytes>) 
     messages.drain(..skip);
     ctx.sink
         .messages_received(&mut messages.iter().map(Bytes::len));
-    ctx.sink.memory(bytes as isize);
-    slot.send(delivery(ctx, inc, first + count as u64, messages, budget));
+    slot.send(delivery(
+        ctx,
+        inc,
+        first + count as u64,
+        messages,
+        bytes,
+        budget,
+    ));
     inbox.commit(inc, first, count);
     Attempt::Done
 }
 
-/// The messages of one batch for `Incoming`, with the receipt that
-/// acknowledges them (every message of incarnation `inc` below `end`) and
-/// holds their share of `incoming_bytes`.
+/// The messages of one batch (`bytes` in all) for `Incoming`, with the
+/// receipt that acknowledges them (every message of incarnation `inc`
+/// below `end`) and holds their share of `incoming_bytes`; counts them in
+/// the `memory` gauge until they are taken or dropped.
 fn delivery(
     ctx: &ReaderCtx,
     inc: u64,
     end: u64,
     messages: Vec<Bytes>,
+    bytes: usize,
     budget: tokio::sync::OwnedSemaphorePermit,
 ) -> Delivery {
     Delivery {
         peer: ctx.peer,
         messages,
+        held: Held::new(ctx.sink.clone(), bytes),
         receipt: Receipt {
             _budget: budget,
             recv: ctx.recv.clone(),
@@ -709,11 +739,10 @@ async fn deliver_waiting(
     let Ok(budget) = ctx.incoming_budget.clone().acquire_many_owned(budget).await else {
         return Err(ReadFailure::AppGone);
     };
-    ctx.sink.memory(bytes as isize);
-    let delivery = delivery(ctx, inc, first + count as u64, messages, budget);
+    let delivery = delivery(ctx, inc, first + count as u64, messages, bytes, budget);
     // Holding the inbox: the peer's batches go out one at a time, in order.
+    // Refused, the delivery is dropped, and its bytes leave the gauge.
     if ctx.incoming.send(delivery).await.is_err() {
-        ctx.sink.memory(-(bytes as isize));
         return Err(ReadFailure::AppGone);
     }
     inbox.commit(inc, first, count);
@@ -756,11 +785,18 @@ impl Held {
             self.bytes = bytes;
         }
     }
+
+    /// Gives `n` of the held bytes back.
+    pub(crate) fn release(&mut self, n: usize) {
+        self.set(self.bytes.saturating_sub(n));
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.sink.memory(-(self.bytes as isize));
+        if self.bytes != 0 {
+            self.sink.memory(-(self.bytes as isize));
+        }
     }
 }
 
