@@ -130,10 +130,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// listener, tells every dialer up front: the dialer's
     /// [`Connection::peer_incarnation`]. The connection manager sets its
     /// own, so that a dialer may write its first batch without waiting a
-    /// round trip for the listener's RESUME (`docs/PROTOCOL.md` §6). The
-    /// default ignores it: a transport that cannot carry it leaves
-    /// `peer_incarnation` at `None`, and the dialer waits for the RESUME.
-    fn set_incarnation(&self, _incarnation: u64) {}
+    /// round trip for the listener's RESUME (`docs/PROTOCOL.md` §6). A
+    /// transport that cannot carry it ignores it and leaves
+    /// `peer_incarnation` at `None`; the dialer then waits for the RESUME.
+    ///
+    /// No default, like [`Connection::accepted`] and
+    /// [`Connection::peer_incarnation`]: a wrapping transport must pass it
+    /// on, not lose the speed-up without a word.
+    fn set_incarnation(&self, incarnation: u64);
 }
 
 /// One authenticated connection to a peer.
@@ -180,19 +184,22 @@ pub trait Connection: Send + Sync + fmt::Debug + 'static {
     /// its allow-list, [`TransportError::Denied`], or its limits,
     /// [`TransportError::Refused`]). This waits for the listener's word and
     /// returns the error `dial` would have returned. Later calls return the
-    /// same result. The default (a listener's side, or a transport that
-    /// decides during `dial`, like [`MemoryTransport`]) is `Ok(())` at once.
-    async fn accepted(&self) -> Result<(), TransportError> {
-        Ok(())
-    }
+    /// same result. A listener's side, or a transport that decides during
+    /// `dial` (like [`MemoryTransport`]), returns `Ok(())` at once.
+    ///
+    /// No default: a wrapping transport must pass this on, or `connect`
+    /// would report a refused connection as made.
+    async fn accepted(&self) -> Result<(), TransportError>;
     /// On a dialed connection, the incarnation the listener told before
     /// anything was written (see [`Transport::set_incarnation`]), known
     /// when [`Transport::dial`] returns and authenticated as the listener's;
     /// `None` on a listener's side, if the listener set none, or if the
-    /// transport does not carry it (the default).
-    fn peer_incarnation(&self) -> Option<u64> {
-        None
-    }
+    /// transport does not carry it.
+    ///
+    /// No default: a wrapping transport must pass this on, or the manager's
+    /// first batch on a new connection would wait a round trip for the
+    /// listener's RESUME instead of leaving behind the handshake.
+    fn peer_incarnation(&self) -> Option<u64>;
     /// True while the connection is open.
     fn is_alive(&self) -> bool {
         self.close_reason().is_none()

@@ -574,6 +574,11 @@ impl Connection for MemoryConnection {
         }
     }
 
+    /// Refusals happen in `dial` here: a connection that exists was accepted.
+    async fn accepted(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     fn remote_addr(&self) -> SocketAddr {
         match self.side {
             Side::Dialer => self.link.listener_addr,
