@@ -183,6 +183,11 @@ pub(crate) struct Driver {
     /// Dials in a row that failed while messages waited.
     failed_dials: u32,
     next_redial: Option<Instant>,
+    /// A dial met this manager's own connection limit (not a failure of
+    /// the peer): the room generation (`Room::seen`) read before it. The
+    /// driver dials again when room may have come free since, not on a
+    /// timer; `give_up_at` still ends the wait.
+    room_seen: Option<u64>,
     /// Since when messages have waited without progress (no connection, or
     /// one that acknowledges nothing); past `unreachable_after` they go back.
     down_since: Option<Instant>,
@@ -225,6 +230,16 @@ fn std_now() -> std::time::Instant {
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Room may have come free under the connection limit since `seen`
+/// (never, for `None`). Boxed: the wait sits in the driver's task only
+/// while it waits.
+async fn room_changed(shared: &Shared, seen: Option<u64>) {
+    match seen {
+        Some(seen) => Box::pin(shared.room.changed_since(seen)).await,
         None => std::future::pending().await,
     }
 }
@@ -291,6 +306,7 @@ impl Driver {
             idle: false,
             failed_dials: 0,
             next_redial: None,
+            room_seen: None,
             down_since: None,
             quiet_since: None,
             winner_due: None,
@@ -347,6 +363,7 @@ impl Driver {
                 }
                 let retire_at = self.quiet_since.map(|t| later(t, self.retire_after()));
                 let next_redial = self.next_redial.filter(|_| !connected);
+                let room_seen = self.room_seen.filter(|_| !connected);
                 // One timer for all deadlines (a `Sleep` is 112 bytes, and each
                 // select branch's future lives in the driver's task for as long
                 // as the peer is known); the first one due, in this order, is
@@ -387,6 +404,10 @@ impl Driver {
                             self.take_queued(1);
                             Box::pin(self.demand()).await;
                         }
+                    }
+                    () = room_changed(&self.shared, room_seen), if room_seen.is_some() => {
+                        self.room_seen = None;
+                        Box::pin(self.demand()).await;
                     }
                     () = sleep_until(wake_at) => {
                         let now = Instant::now();
@@ -662,6 +683,8 @@ impl Driver {
                             old.0.close(CloseCode::Duplicate);
                         }
                         self.shared.pool_changed.notify_one();
+                        // Evictable now: room for a dial that met the limit.
+                        self.shared.room.changed();
                     }
                 }
                 let _ = reply.send(());
@@ -807,6 +830,7 @@ impl Driver {
     /// window holds is resent on it once the peer's RESUME arrives.
     fn adopt(&mut self, mut session: Session, how: OpenKind) {
         self.shared.sink.connection_opened(how);
+        self.room_seen = None;
         session.adopted_at = Instant::now();
         session.signals.adopt();
         self.had_session = true;
@@ -913,12 +937,22 @@ impl Driver {
             // `give_up_at` (down_since + unreachable_after).
             return;
         }
+        // Read before the dial, so that room freed after its refusal is
+        // not missed.
+        let room = self.shared.room.seen();
         // A send does not wait for the listener's acceptance: the first
         // batch leaves right behind the handshake.
         let result = self.connect(false).await;
         let deadline = later(since, self.shared.config.unreachable_after);
         match result {
             Ok(()) => {}
+            Err(NetError::Limit(_)) => {
+                // This manager's own limit, not the peer's failure: no
+                // failed dial, no backoff. Dial again when a slot may have
+                // come free (a connection closed or went idle into the
+                // pool), until `give_up_at`.
+                self.room_seen = Some(room);
+            }
             Err(NetError::Backoff { retry_at, .. }) => {
                 // Wake at the retry; `give_up_at` ends the wait if it turns too long.
                 self.next_redial = Some(retry_at.min(deadline));
@@ -956,10 +990,13 @@ impl Driver {
     fn give_up(&mut self) {
         let reason = if self.session.is_some() || self.unresponsive {
             UndeliveredReason::Unresponsive
+        } else if self.room_seen.is_some() {
+            UndeliveredReason::ConnectionLimit
         } else {
             UndeliveredReason::Unreachable
         };
         self.unresponsive = false;
+        self.room_seen = None;
         if self.session.is_some() {
             // Connected, yet nothing moved for that long.
             self.close_unresponsive();

@@ -158,6 +158,11 @@ pub enum UndeliveredReason {
     /// The peer refused or could not be reached, for longer than
     /// `unreachable_after` or `max_failed_dials` failed dials in a row, while the messages waited.
     Unreachable,
+    /// This manager's connection limit (`max_connections`, or
+    /// `max_pending_dials`) left no room to dial the peer for
+    /// `unreachable_after` while the messages waited: every slot held a
+    /// connection in use. The peer itself was never tried.
+    ConnectionLimit,
     /// The peer restarted (a new incarnation): these messages were written
     /// to its previous incarnation, which may have delivered them before it
     /// stopped. Always `maybe_delivered`.
@@ -172,6 +177,7 @@ impl std::fmt::Display for UndeliveredReason {
             UndeliveredReason::Shutdown => "shutdown",
             UndeliveredReason::Unreachable => "peer unreachable",
             UndeliveredReason::PeerRestarted => "peer restarted",
+            UndeliveredReason::ConnectionLimit => "connection limit",
         })
     }
 }

@@ -58,12 +58,53 @@ pub(crate) struct Shared {
     /// Closed when `shutdown` is done, so that `Events` ends after what it holds.
     events: Arc<EventQueue>,
     pub(crate) pool_changed: Notify,
+    /// Changes when room under the connection limit may have come free.
+    pub(crate) room: Arc<Room>,
     pub(crate) codec_limits: CodecLimits,
     /// Payload bytes of received batches the application has not taken
     /// yet, over all peers (`incoming_bytes`).
     pub(crate) incoming_budget: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
     stop: Notify,
+}
+
+/// Room under the connection limit: a generation, bumped with the waiters
+/// woken whenever a slot may have come free (the limiter released one, or
+/// a connection became evictable: parked in the pool, or a stranger's
+/// unproven session). A driver whose dial met the limit waits for the next
+/// change (`Driver::room_seen`) instead of redialing on a timer and giving
+/// up after `max_failed_dials`.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    changes: std::sync::atomic::AtomicU64,
+    notify: Notify,
+}
+
+impl Room {
+    /// Room may have come free.
+    pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// The generation now: read before trying for room.
+    pub(crate) fn seen(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Returns once the generation differs from `seen`. Cancel-safe.
+    pub(crate) async fn changed_since(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a change in between wakes us.
+            notified.as_mut().enable();
+            if self.seen() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Shared {
@@ -127,6 +168,9 @@ impl Shared {
             });
         }
         unproven.push_back(Arc::downgrade(handle));
+        drop(unproven);
+        // Evictable: room for a dial that met the limit.
+        self.room.changed();
     }
 
     /// A dial permit, making room (see `make_room`) while the connection
@@ -343,12 +387,15 @@ impl ConnectionManager {
         // Dialers learn it from the transport up front (QUIC: the
         // listener's hello), so their first batch need not wait a round trip.
         transport.set_incarnation(incarnation);
+        let room = Arc::new(Room::default());
+        let freed = room.clone();
         let shared = Arc::new(Shared {
             local: transport.local_peer(),
             incarnation,
             number_floor: std::sync::atomic::AtomicU64::new(0),
             pool: Pool::new(&config.pool),
-            limiter: Limiter::new(&config.pool),
+            limiter: Limiter::with_release_hook(&config.pool, move || freed.changed()),
+            room,
             backoff: Backoff::new(config.backoff.clone()),
             codec_limits: config.batch.codec_limits(),
             incoming_budget: Arc::new(tokio::sync::Semaphore::new(config.incoming_bytes)),

@@ -431,6 +431,83 @@ async fn connection_limit_is_typed_and_evicts_idle_pooled_first() {
     assert_eq!(a.mgr.status(&c.addr.peer), Some(ConnState::Connected));
 }
 
+/// `a` (one connection slot) holds a connection to `b` in use and has `c`'s
+/// address: a send to `c` meets `a`'s own limit.
+async fn at_the_limit_with_a_send_waiting(
+    net: &MemoryNetwork,
+    config: ManagerConfig,
+) -> (Node, Node, Node) {
+    let a = node_with(net, "a", config);
+    let b = node(net, "b");
+    let c = node(net, "c");
+    a.mgr.connect(b.addr).await.unwrap();
+    a.mgr.add_peer(c.addr).unwrap();
+    a.mgr.send(&c.addr.peer, msg(1)).await.unwrap();
+    (a, b, c)
+}
+
+fn limit_reached(node: &Node) -> u64 {
+    node.mgr
+        .metrics_snapshot()
+        .errors
+        .get(qudag_net::ErrorKind::LimitReached)
+}
+
+/// A send that meets the manager's own connection limit waits for a slot,
+/// and dials the moment one comes free (here: `b` goes idle into the pool,
+/// so it can be evicted), not on a timer. It used to count each refusal as
+/// a failed dial of the peer and hand the message back as "peer
+/// unreachable" after `max_failed_dials` redials 10 ms apart.
+#[tokio::test(start_paused = true)]
+async fn a_send_at_the_connection_limit_waits_for_room_then_dials() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config.pool_mut().max_connections(1);
+    let (mut a, b, mut c) = at_the_limit_with_a_send_waiting(&net, config).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        handed_back(&mut a.events).is_empty(),
+        "still waiting for room"
+    );
+    assert!(limit_reached(&a) >= 1, "the dial met the limit");
+    assert_eq!(a.mgr.open_connections(), 1);
+    let before = tokio::time::Instant::now();
+    a.mgr.disconnect(&b.addr.peer).await.unwrap();
+    assert_eq!(recv_n(&mut c.incoming, a.addr.peer, 1).await, [msg(1)]);
+    assert!(
+        before.elapsed() < Duration::from_millis(10),
+        "dialed when the room came, not on a timer: {:?}",
+        before.elapsed()
+    );
+    assert_eq!(a.mgr.status(&c.addr.peer), Some(ConnState::Connected));
+    assert_eq!(
+        a.mgr.pooled_connections(),
+        0,
+        "b's idle connection made the room"
+    );
+    assert!(handed_back(&mut a.events).is_empty());
+}
+
+/// With no slot coming free, the message goes back after
+/// `unreachable_after`, not before, and says why: the connection limit.
+#[tokio::test(start_paused = true)]
+async fn a_send_that_never_finds_room_comes_back_as_connection_limit() {
+    let net = MemoryNetwork::new();
+    let mut config = ManagerConfig::default();
+    config
+        .unreachable_after(Duration::from_secs(3))
+        .pool_mut()
+        .max_connections(1);
+    let (mut a, _b, _c) = at_the_limit_with_a_send_waiting(&net, config).await;
+    tokio::time::sleep(Duration::from_millis(2900)).await;
+    assert!(handed_back(&mut a.events).is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        handed_back(&mut a.events),
+        [(msg(1), false, UndeliveredReason::ConnectionLimit)]
+    );
+}
+
 #[tokio::test]
 async fn simultaneous_dial_leaves_one_connection_on_each_side() {
     for round in 0..20 {

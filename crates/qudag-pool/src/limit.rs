@@ -32,12 +32,16 @@ pub enum LimitError {
     },
 }
 
+/// What [`Limiter::with_release_hook`] calls after every release.
+type ReleaseHook = Box<dyn Fn() + Send + Sync>;
+
 struct Inner {
     /// Connections in the low 32 bits, pending dials in the high 32 bits, so
     /// one compare-exchange reserves both at once.
     counts: AtomicU64,
     max_connections: usize,
     max_pending_dials: usize,
+    on_release: Option<ReleaseHook>,
 }
 
 impl Inner {
@@ -47,6 +51,9 @@ impl Inner {
             prev & 0xffff_ffff >= amount & 0xffff_ffff && prev >> 32 >= amount >> 32,
             "limiter released more than it reserved"
         );
+        if let Some(hook) = &self.on_release {
+            hook();
+        }
     }
 
     /// Reserves `amount` if the result stays within both limits.
@@ -124,11 +131,43 @@ impl fmt::Debug for Limiter {
 impl Limiter {
     /// A limiter with `config`'s `max_connections` and `max_pending_dials`.
     pub fn new(config: &PoolConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// [`new`](Self::new), calling `hook` after every release (a dropped
+    /// [`DialPermit`] or [`ConnectionSlot`], a dial
+    /// [`established`](DialPermit::established)), once the counts are
+    /// lower: so that who waits for room can try again then, instead of
+    /// polling. It runs on the releasing thread, inside a `Drop`: it must
+    /// be quick and must not block or panic.
+    ///
+    /// ```
+    /// use qudag_pool::{Limiter, PoolConfig};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let released = Arc::new(AtomicUsize::new(0));
+    /// let seen = released.clone();
+    /// let limiter = Limiter::with_release_hook(PoolConfig::default().max_connections(1), move || {
+    ///     seen.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// let slot = limiter.try_accept().unwrap();
+    /// assert!(limiter.try_accept().is_err());
+    /// drop(slot);
+    /// assert_eq!(released.load(Ordering::Relaxed), 1);
+    /// assert!(limiter.try_accept().is_ok());
+    /// ```
+    pub fn with_release_hook(config: &PoolConfig, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        Self::build(config, Some(Box::new(hook)))
+    }
+
+    fn build(config: &PoolConfig, on_release: Option<ReleaseHook>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 counts: AtomicU64::new(0),
                 max_connections: config.max_connections.min(MAX_LIMIT),
                 max_pending_dials: config.max_pending_dials.min(MAX_LIMIT),
+                on_release,
             }),
         }
     }
@@ -250,6 +289,40 @@ mod tests {
                 .max_connections(conns)
                 .max_pending_dials(dials),
         )
+    }
+
+    /// The hook runs once per release of any kind, after the counts went
+    /// down (what it sees is the room a waiter would find), and never on a
+    /// reservation or a refusal.
+    #[test]
+    fn the_release_hook_runs_after_every_release_with_the_counts_lowered() {
+        use std::sync::{Mutex, OnceLock};
+        let seen: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+        let me: Arc<OnceLock<Limiter>> = Arc::default();
+        let (log, this) = (seen.clone(), me.clone());
+        let l = Limiter::with_release_hook(
+            PoolConfig::default()
+                .max_connections(2)
+                .max_pending_dials(1),
+            move || {
+                let l = this.get().expect("set");
+                log.lock()
+                    .unwrap()
+                    .push((l.connections(), l.pending_dials()));
+            },
+        );
+        me.set(l.clone()).ok().unwrap();
+        let failed = l.try_dial().unwrap();
+        assert!(l.try_dial().is_err(), "one dial at a time");
+        drop(failed);
+        let dial = l.try_dial().unwrap();
+        let accepted = l.try_accept().unwrap();
+        assert!(l.try_accept().is_err(), "two connections");
+        let dialed = dial.established();
+        drop(accepted);
+        drop(dialed);
+        assert_eq!(*seen.lock().unwrap(), [(0, 0), (2, 0), (1, 0), (0, 0)]);
+        // (The hook and the limiter hold each other here: a leak, in a test.)
     }
 
     #[test]

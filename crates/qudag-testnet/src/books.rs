@@ -27,7 +27,8 @@
 //!    checked by (1) only.
 //! 5. Messages are handed back only toward a node that was killed
 //!    (`peer restarted`) or by a node on the partitioned path (`peer
-//!    unreachable` past `unreachable_after`); never `shutdown` (the end
+//!    unreachable` past `unreachable_after`, or `connection limit` if the
+//!    sender's own limit left no room to dial); never `shutdown` (the end
 //!    drains first) and never anything else.
 //! 6. Not vacuous: every graceful sender incarnation drained, and every
 //!    ordered pair of never-killed nodes where the sender lists the receiver
@@ -435,7 +436,9 @@ pub fn check(ctx: &RunFacts, all: &[Incarnation]) -> Verdict {
                     *v.handed_back.entry(reason.clone()).or_insert(0) += k;
                     let allowed = match reason.as_str() {
                         "peer restarted" => ctx.killed[to],
-                        "peer unreachable" | "peer unresponsive" => {
+                        // ("connection limit": the sender's own limit left no
+                        // room to dial, which a churned path can also cause.)
+                        "peer unreachable" | "peer unresponsive" | "connection limit" => {
                             ctx.partitioned == Some(from)
                                 || ctx.partitioned == Some(to)
                                 || ctx.killed[to]
