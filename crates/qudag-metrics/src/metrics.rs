@@ -233,10 +233,10 @@ impl RateWindow {
 /// The default sink: lock-free counters, gauges and a latency histogram.
 ///
 /// Every [`MetricsSink`] event is a few relaxed atomic operations; nothing
-/// on the event path locks, and nothing allocates but a thread's first
-/// event (its own copy of the figures `send` moves per message: those are
-/// kept per thread and summed when read, so the sending threads share no
-/// cache line). A `parking_lot::Mutex` guards only
+/// on the event path locks or allocates, except a thread's first event,
+/// which sets up that thread's own copy of the figures `send` moves per
+/// message (those are kept per thread and summed when read, so the
+/// sending threads share no cache line). A `parking_lot::Mutex` guards only
 /// the rate window, which only [`tick`](Self::tick),
 /// [`snapshot`](Self::snapshot) and
 /// [`network_metrics`](Self::network_metrics) touch.
