@@ -17,7 +17,7 @@ use qudag_batch::{
     encode_ack_frame, encode_batch_frame, encode_resume_frame, Batcher, Outbox, Resume,
 };
 use qudag_crypto::PeerId;
-use qudag_metrics::{CloseKind, ErrorKind, OpenKind};
+use qudag_metrics::{CloseKind, ErrorKind, MetricsSink, OpenKind};
 use qudag_pool::{keep_connection, ConnState, LimitError, Role, StateMachine};
 use qudag_transport::{CloseReason, PeerAddr, Side, TransportError};
 use tokio::io::AsyncWriteExt;
@@ -231,6 +231,54 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How many acknowledged messages go to the sink per `messages_acked`
+/// call: they pass through a buffer on the stack ([`Acked`]), so an ACK
+/// allocates nothing.
+const ACK_CHUNK: usize = 64;
+
+/// The messages one ACK (or RESUME) acknowledged, on their way to the
+/// sink in calls of up to [`ACK_CHUNK`], and their totals for the gauges.
+struct Acked {
+    sink: Arc<dyn MetricsSink>,
+    buf: [(usize, std::time::Duration); ACK_CHUNK],
+    len: usize,
+    count: usize,
+    bytes: usize,
+}
+
+impl Acked {
+    fn new(sink: Arc<dyn MetricsSink>) -> Self {
+        Acked {
+            sink,
+            buf: [(0, std::time::Duration::ZERO); ACK_CHUNK],
+            len: 0,
+            count: 0,
+            bytes: 0,
+        }
+    }
+
+    /// One acknowledged message of `bytes` payload bytes, `latency` after
+    /// its `send`.
+    fn push(&mut self, bytes: usize, latency: std::time::Duration) {
+        self.buf[self.len] = (bytes, latency);
+        self.len += 1;
+        self.count += 1;
+        self.bytes += bytes;
+        if self.len == ACK_CHUNK {
+            self.flush();
+        }
+    }
+
+    /// Reports what the buffer holds.
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.sink
+                .messages_acked(&mut self.buf[..self.len].iter().copied());
+            self.len = 0;
+        }
     }
 }
 
@@ -1149,14 +1197,9 @@ impl Driver {
         let ended = signals.take_ended();
         let before = self.outbox.acked();
         let now = Instant::now();
-        let mut acked_bytes = 0usize;
-        // (bytes, latency) of each acknowledged message: reported to the
-        // sink once, below, not once per message.
-        let mut acked_list: Vec<(usize, std::time::Duration)> = Vec::new();
+        let mut done = Acked::new(self.shared.sink.clone());
         let mut on_acked = |env: Envelope| {
-            let len = env.payload.len();
-            acked_bytes += len;
-            acked_list.push((len, now.duration_since(env.sent_at)));
+            done.push(env.payload.len(), now.duration_since(env.sent_at));
         };
         let mut violation = None;
         if let Some(resume) = signals.take_resume() {
@@ -1188,12 +1231,12 @@ impl Driver {
                 violation = Some(e);
             }
         }
-        if !acked_list.is_empty() {
+        done.flush();
+        if done.count > 0 {
             let sink = &self.shared.sink;
-            sink.messages_acked(&mut acked_list.iter().copied());
-            sink.memory(-(acked_bytes as isize));
-            self.peer.budget.give(acked_bytes);
-            sink.queued_messages(-(acked_list.len() as isize));
+            sink.memory(-(done.bytes as isize));
+            self.peer.budget.give(done.bytes);
+            sink.queued_messages(-(done.count as isize));
             if self.outbox.is_empty() && self.batcher.pending_messages() == 0 {
                 // Everything written is acknowledged: nothing in flight.
                 self.trim_queue();
