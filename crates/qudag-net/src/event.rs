@@ -194,9 +194,10 @@ impl EventQueue {
 /// `Incoming` is dropped are not acknowledged, and their sender hands them
 /// back (marked maybe delivered).
 ///
-/// Dropped, it gives back everything it holds (unread messages leave the
-/// `memory` gauge with the deliveries that carry them, including one that
-/// enters the channel after the drop through a slot reserved before it).
+/// Dropped, it gives back everything it holds: unread messages leave the
+/// `memory` gauge with the deliveries that carry them. A delivery that a
+/// reader sends after the drop, through a slot it reserved before, leaves
+/// it when the channel goes (once the manager and its readers let go).
 pub struct Incoming {
     pub(crate) rx: mpsc::Receiver<Delivery>,
     pub(crate) current: Option<Current>,
