@@ -986,8 +986,10 @@ impl Driver {
             return;
         }
         // Read before the dial, so that room freed after its refusal is
-        // not missed.
+        // not missed; a wait for room from an earlier dial ends here (its
+        // outcome is this dial's).
         let room = self.shared.room.seen();
+        self.room_seen = None;
         // A send does not wait for the listener's acceptance: the first
         // batch leaves right behind the handshake.
         let result = self.connect(false).await;
